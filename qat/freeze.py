@@ -1,0 +1,142 @@
+"""Iterative weight freezing (SPEC §5; Nagel et al. 2022) — the Freeze baseline and AFW's first half.
+
+A weight whose oscillation frequency exceeds f_th(t) is frozen: its integer code is fixed to
+round(EMA of its w_int) and its latent value gets no task gradient. Frozen stays frozen.
+f_th(t): off for the first 25% of iterations, then cosine-decayed from 0.1 to 0.01 (4-bit) /
+0.011 (3-bit).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .hooks import TrainingHook, TrainState
+from .modules import low_bit_layers
+from .oscillation import OscillationTracker
+
+
+def freeze_threshold(progress: float, bits: int, start: float = 0.1, off_fraction: float = 0.25) -> float | None:
+    """f_th at training progress t/T ∈ [0, 1]; None while freezing is off."""
+    if progress < off_fraction:
+        return None
+    end = 0.011 if bits <= 3 else 0.01
+    phase = (progress - off_fraction) / (1 - off_fraction)
+    return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(1.0, phase)))
+
+
+class FrozenCodes:
+    """Mask of frozen weights and their fixed integer codes, applied to a layer's quantized weight."""
+
+    def __init__(self, like: torch.Tensor):
+        self.mask = torch.zeros_like(like, dtype=torch.bool)
+        self.codes = torch.zeros_like(like)
+
+    def apply(self, w_hat: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        # torch.where gives frozen elements no gradient to the latent weight; the step still learns.
+        return torch.where(self.mask, step * self.codes, w_hat)
+
+    def codes_with_frozen(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.mask, self.codes, codes)
+
+    @torch.no_grad()
+    def freeze(self, new: torch.Tensor, codes: torch.Tensor) -> None:
+        new = new & ~self.mask
+        self.codes = torch.where(new, codes, self.codes)
+        self.mask |= new
+
+    def state_dict(self) -> dict:
+        return {"mask": self.mask, "codes": self.codes}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mask, self.codes = state["mask"], state["codes"]
+
+
+def attach_trackers(model, momentum: float = 0.001, max_bits: int = 4) -> None:
+    """Give every quantized layer at ≤ max_bits an OscillationTracker (idempotent)."""
+    for _, layer in low_bit_layers(model, max_bits):
+        if layer.weight_quant.tracker is None:
+            layer.weight_quant.tracker = OscillationTracker(momentum)
+
+
+class OscillationTrackingHook(TrainingHook):
+    """Installs trackers and logs per-layer oscillation statistics each epoch (SPEC §4)."""
+
+    def __init__(self, momentum: float = 0.001, threshold: float = 0.005):
+        self.momentum, self.threshold = momentum, threshold
+        self.model = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.model = state.model
+        attach_trackers(state.model, self.momentum)
+
+    def epoch_metrics(self, state: TrainState) -> dict:
+        out, fractions = {}, []
+        for name, layer in low_bit_layers(state.model):
+            tracker = layer.weight_quant.tracker
+            if tracker is None or tracker.frequency is None:
+                continue
+            frac = tracker.fraction_oscillating(self.threshold)
+            fractions.append((frac, tracker.frequency.numel()))
+            out[f"osc/{name}/fraction"] = frac
+            out[f"osc/{name}/mean_frequency"] = float(tracker.frequency.mean())
+        if fractions:
+            total = sum(n for _, n in fractions)
+            out["osc/fraction_oscillating"] = sum(f * n for f, n in fractions) / total
+        return out
+
+    def state_dict(self) -> dict:
+        if self.model is None:
+            return {}
+        return {name: layer.weight_quant.tracker.state_dict() for name, layer in low_bit_layers(self.model)
+                if layer.weight_quant.tracker is not None}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, layer in low_bit_layers(self.model):
+            if name in state:
+                layer.weight_quant.tracker = OscillationTracker()
+                layer.weight_quant.tracker.load_state_dict(state[name])
+
+
+class FreezeHook(TrainingHook):
+    """After each optimizer step, freeze the weights whose oscillation frequency exceeds f_th(t)."""
+
+    def __init__(self, bits: int, momentum: float = 0.001, start_threshold: float = 0.1):
+        self.bits, self.momentum, self.start_threshold = bits, momentum, start_threshold
+        self.model = None
+
+    def on_train_start(self, state: TrainState) -> None:
+        self.model = state.model
+        attach_trackers(state.model, self.momentum)
+        for _, layer in low_bit_layers(state.model):
+            if layer.weight_quant.frozen is None:
+                layer.weight_quant.frozen = FrozenCodes(layer.weight.detach())
+
+    @torch.no_grad()
+    def after_optimizer_step(self, state: TrainState) -> None:
+        threshold = freeze_threshold(state.progress, self.bits, self.start_threshold)
+        if threshold is None:
+            return
+        for _, layer in low_bit_layers(state.model):
+            wq = layer.weight_quant
+            if wq.tracker is None or wq.tracker.frequency is None:
+                continue
+            codes = torch.clamp(torch.round(wq.tracker.int_ema), wq.qmin, wq.qmax)
+            wq.frozen.freeze(wq.tracker.frequency > threshold, codes)
+
+    def epoch_metrics(self, state: TrainState) -> dict:
+        masks = [layer.weight_quant.frozen.mask for _, layer in low_bit_layers(state.model)
+                 if layer.weight_quant.frozen is not None]
+        if not masks:
+            return {}
+        return {"freeze/fraction_frozen": float(sum(m.sum() for m in masks)) / sum(m.numel() for m in masks)}
+
+    def state_dict(self) -> dict:
+        return {name: layer.weight_quant.frozen.state_dict() for name, layer in low_bit_layers(self.model)
+                if layer.weight_quant.frozen is not None}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, layer in low_bit_layers(self.model):
+            if name in state:
+                layer.weight_quant.frozen = FrozenCodes(layer.weight.detach())
+                layer.weight_quant.frozen.load_state_dict(state[name])

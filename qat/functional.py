@@ -1,0 +1,96 @@
+"""Autograd quantizer functions (SPEC §1, §2).
+
+`lsq_fake_quant` is LSQ (Esser et al. 2020) with two optional gradient modes from the paper's
+ScaleGrad (§IV-A): PulseSmooth on the step-size gradient (`pulse_delta`) and the distance-aware
+factor exp(-k·Δ) on the input gradient (`dist_k`, used for weights only).
+
+Memory: the forward saves only `x` and the step. For an activation, `x` is usually the very tensor
+the preceding ReLU already keeps for its own backward, so saving it costs no extra memory; the
+backward recomputes `v = x / s` instead of storing masks.
+"""
+from __future__ import annotations
+
+import torch
+
+STEP_EPS = 1e-8  # the step is clamped to this in the forward so that it can never reach 0 or below
+
+
+def pulse_smooth(m: torch.Tensor, delta: float) -> torch.Tensor:
+    """PulseSmooth F_ps(m) of SPEC §2 / paper §IV-A, elementwise on m = round(v) - v ∈ [-0.5, 0.5].
+
+    Identity on [-0.5+δ, 0.5-δ]; falls linearly to 0 at m = ±0.5 with slope -(0.5-δ)/δ, so the
+    step-size gradient term no longer jumps from -0.5 to +0.5 when v crosses a transition k+0.5.
+    """
+    if not 0.0 < delta < 0.5:
+        raise ValueError(f"pulse_smooth: delta must lie in (0, 0.5), got {delta}")
+    slope = -(0.5 - delta) / delta
+    left = m < -0.5 + delta   # m ∈ [-0.5, -0.5+δ)
+    right = m > 0.5 - delta   # m ∈ (0.5-δ, 0.5]
+    return torch.where(left, slope * (m + 0.5), torch.where(right, slope * (m - 0.5), m))
+
+
+def _step_gradient_term(v, rounded, q, inside, pulse_delta):
+    """∂x̂/∂s of SPEC §1: round(v)-v inside the range (PulseSmooth'd for ScaleGrad), qmin/qmax outside."""
+    m = rounded - v
+    if pulse_delta is not None:
+        m = pulse_smooth(m, pulse_delta)
+    return torch.where(inside, m, q)  # outside the range q is exactly qmin or qmax
+
+
+class _LSQFakeQuant(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, step, qmin, qmax, grad_scale, pulse_delta, dist_k):
+        s = step.clamp_min(STEP_EPS)
+        q = torch.clamp(torch.round(x / s), qmin, qmax)
+        ctx.save_for_backward(x, step)
+        ctx.qrange = (qmin, qmax)
+        ctx.grad_scale, ctx.pulse_delta, ctx.dist_k = grad_scale, pulse_delta, dist_k
+        return q * s
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, step = ctx.saved_tensors
+        qmin, qmax = ctx.qrange
+        s = step.clamp_min(STEP_EPS)
+        v = x / s
+        rounded = torch.round(v)
+        q = torch.clamp(rounded, qmin, qmax)
+        inside = (v >= qmin) & (v <= qmax)
+
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            pass_through = inside.to(grad_out.dtype)
+            if ctx.dist_k is not None:  # ScaleGrad eq. (9)-(10): exp(-k·Δ), Δ = |round(v) - v|
+                pass_through = pass_through * torch.exp(-ctx.dist_k * (rounded - v).abs())
+            grad_x = grad_out * pass_through
+
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            ds_term = _step_gradient_term(v, rounded, q, inside, ctx.pulse_delta)
+            # Sum over the elements that share a step: all of them (per-tensor) or per channel.
+            grad_step = (grad_out * ds_term).sum_to_size(step.shape) * ctx.grad_scale
+        return grad_x, grad_step, None, None, None, None, None
+
+
+def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, grad_scale: float = 1.0,
+                   pulse_delta: float | None = None, dist_k: float | None = None) -> torch.Tensor:
+    """x̂ = s · clamp(round(x/s), qmin, qmax) with LSQ's straight-through backward (SPEC §1).
+
+    `step` is 0-dim (per-tensor) or broadcastable to `x` (per-channel, e.g. [C,1,1,1]).
+    `grad_scale` multiplies the step gradient (LSQ: 1/sqrt(N·qmax)).
+    `pulse_delta`: PulseSmooth δ for the in-range step-gradient term (ScaleGrad), None = plain LSQ.
+    `dist_k`: distance-aware factor exp(-k·Δ) on the input gradient (ScaleGrad, weights), None = off.
+    """
+    return _LSQFakeQuant.apply(x, step, qmin, qmax, grad_scale, pulse_delta, dist_k)
+
+
+def lsq_grad_scale(elements_per_step: int, qmax: int) -> float:
+    """LSQ gradient scale g = 1/sqrt(N·qmax) (SPEC §1)."""
+    return (elements_per_step * qmax) ** -0.5
+
+
+def int_grid(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer grid [qmin, qmax]: signed [-2^(b-1), 2^(b-1)-1] or unsigned [0, 2^b-1]."""
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2 ** bits - 1

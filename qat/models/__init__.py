@@ -1,0 +1,1 @@
+from .registry import SIZES, build_model, input_shape, model_names, register  # noqa: F401

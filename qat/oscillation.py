@@ -1,0 +1,55 @@
+"""Oscillation tracking (SPEC §4; Nagel et al. 2022, "Overcoming Oscillations in QAT").
+
+Per weight, on its integer code after each TRAINING forward:
+    d = w_int(t) − w_int(t−1);  o(t) = 1 when d ≠ 0 and sign(d) is opposite to the last non-zero d
+    freq ← m·o + (1−m)·freq;    count += o
+It also keeps the EMA of w_int itself (same momentum), which freezing (§5) rounds to the frozen code.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class OscillationTracker:
+    def __init__(self, momentum: float = 0.001):
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"oscillation momentum must lie in (0, 1], got {momentum}")
+        self.momentum = momentum
+        self.previous: torch.Tensor | None = None    # w_int(t−1)
+        self.last_direction: torch.Tensor | None = None  # sign of the last non-zero d (0 = none yet)
+        self.frequency: torch.Tensor | None = None
+        self.count: torch.Tensor | None = None
+        self.int_ema: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, w_int: torch.Tensor) -> None:
+        w_int = w_int.detach()
+        if self.previous is None:
+            self.previous = w_int.clone()
+            self.last_direction = torch.zeros_like(w_int, dtype=torch.int8)
+            self.frequency = torch.zeros_like(w_int, dtype=torch.float32)
+            self.count = torch.zeros_like(w_int, dtype=torch.int64)
+            self.int_ema = w_int.clone().float()
+            return
+        if w_int.shape != self.previous.shape:
+            raise ValueError(f"tracker got shape {tuple(w_int.shape)}, expected {tuple(self.previous.shape)}")
+        direction = torch.sign(w_int - self.previous).to(torch.int8)
+        oscillated = (direction != 0) & (direction == -self.last_direction)
+        m = self.momentum
+        self.frequency.mul_(1 - m).add_(oscillated.float(), alpha=m)
+        self.count += oscillated
+        self.last_direction = torch.where(direction != 0, direction, self.last_direction)
+        self.int_ema.mul_(1 - m).add_(w_int.float(), alpha=m)
+        self.previous.copy_(w_int)
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("momentum", "previous", "last_direction", "frequency", "count",
+                                               "int_ema")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def fraction_oscillating(self, threshold: float = 0.005) -> float:
+        """Share of weights whose oscillation frequency exceeds `threshold` (a host sync: logging only)."""
+        return 0.0 if self.frequency is None else float((self.frequency > threshold).float().mean())

@@ -1,0 +1,73 @@
+"""Static BatchNorm folding (SPEC §8 step 1): W' = W·γ/σ, b' = β + (b − μ)·γ/σ.
+
+Conv→BN pairs are found by running one forward pass and matching tensors: a BatchNorm whose input
+is exactly the output tensor of a Conv2d/Linear is folded into it. This works on any model that
+runs, traceable or not (timm's BatchNormAct2d, torchvision's Conv2dNormActivation, Ultralytics).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..modules import set_submodule
+
+
+def _bn_replacement(bn: nn.Module) -> nn.Module:
+    """What remains of a BN module after folding: its fused activation (timm BatchNormAct2d) or nothing."""
+    act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)
+    rest = [m for m in (drop, act) if m is not None and not isinstance(m, nn.Identity)]
+    return nn.Sequential(*rest) if rest else nn.Identity()
+
+
+@torch.no_grad()
+def find_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv name, bn name) for every BatchNorm fed directly by a conv/linear output."""
+    producer: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
+    hooks = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            hooks.append(m.register_forward_hook(
+                lambda mod, inp, out, name=name: producer.__setitem__(id(out), name)))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, inp, name=name: pairs.append((producer[id(inp[0])], name))
+                if id(inp[0]) in producer else None))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return list(dict.fromkeys(pairs))
+
+
+@torch.no_grad()
+def fold_conv_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    """Fold BN's running statistics and affine parameters into `conv` in place."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    shape = (-1,) + (1,) * (conv.weight.dim() - 1)
+    conv.weight.mul_(scale.view(shape))
+    new_bias = shift + (bias - bn.running_mean) * scale
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias)
+    else:
+        conv.bias.copy_(new_bias)
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> int:
+    """Fold every foldable BatchNorm of `model` in place; return how many were folded.
+
+    BatchNorms that no conv feeds directly (e.g. pre-activation designs) are left in place.
+    """
+    modules = dict(model.named_modules())
+    pairs = find_conv_bn_pairs(model, example_input)
+    for conv_name, bn_name in pairs:
+        fold_conv_bn(modules[conv_name], modules[bn_name])
+        set_submodule(model, bn_name, _bn_replacement(modules[bn_name]))
+    return len(pairs)

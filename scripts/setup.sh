@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Idempotent set-up used by every entry point: .venv with the pinned requirements, Fashion-MNIST,
+# and tool state (W&B, Ultralytics, Matplotlib) kept out of the home directory.
+# Source it (`source scripts/setup.sh`) to get the environment; running it only prepares.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+STAMP="$VENV/.requirements.sha256"
+want="$(cat "$REPO/requirements.txt" "$REPO/requirements.lock.txt" | sha256sum | cut -d' ' -f1)"
+
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "[setup] creating $VENV" >&2
+  python3 -m venv "$VENV"
+fi
+if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
+  echo "[setup] installing pinned requirements (first run: a few minutes)" >&2
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
+  "$VENV/bin/python" -m pip install -q -r "$REPO/requirements.txt" -c "$REPO/requirements.lock.txt" >&2
+  echo "$want" > "$STAMP"
+fi
+
+# Fashion-MNIST: the Debian package when we can install it, else torchvision's downloader into $QAT_DATA.
+export QAT_DATA="${QAT_DATA:-$REPO/data}"
+FMNIST_DEB=/usr/share/datasets/fashion-mnist
+if [[ ! -f "$FMNIST_DEB/train-images-idx3-ubyte.gz" && ! -d "$QAT_DATA/fashion-mnist/FashionMNIST/raw" ]]; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian package dataset-fashion-mnist" >&2
+    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) || true
+  fi
+  if [[ ! -f "$FMNIST_DEB/train-images-idx3-ubyte.gz" ]]; then
+    echo "[setup] downloading Fashion-MNIST into $QAT_DATA/fashion-mnist" >&2
+    "$VENV/bin/python" -c "import sys, torchvision; torchvision.datasets.FashionMNIST(sys.argv[1], download=True)" \
+      "$QAT_DATA/fashion-mnist" >&2
+  fi
+fi
+
+# Tool state stays inside the repository (or the run directory a tool is pointed at), not in ~.
+export QAT_STATE="${QAT_STATE:-$REPO/.state}"
+mkdir -p "$QAT_STATE"
+export WANDB_MODE="${WANDB_MODE:-offline}"
+export WANDB_DIR="${WANDB_DIR:-$REPO/runs}" WANDB_CACHE_DIR="${WANDB_CACHE_DIR:-$QAT_STATE/wandb-cache}"
+export WANDB_CONFIG_DIR="${WANDB_CONFIG_DIR:-$QAT_STATE/wandb-config}" WANDB_DATA_DIR="${WANDB_DATA_DIR:-$QAT_STATE/wandb-data}"
+export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$QAT_STATE/ultralytics}" YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false
+export MPLCONFIGDIR="${MPLCONFIGDIR:-$QAT_STATE/matplotlib}" TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$QAT_STATE/inductor}"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PATH="$VENV/bin:$PATH"
