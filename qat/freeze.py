@@ -101,8 +101,10 @@ class OscillationTrackingHook(TrainingHook):
 class FreezeHook(TrainingHook):
     """After each optimizer step, freeze the weights whose oscillation frequency exceeds f_th(t)."""
 
-    def __init__(self, bits: int, momentum: float = 0.001, start_threshold: float = 0.1):
+    def __init__(self, bits: int, momentum: float = 0.001, start_threshold: float = 0.1, active_from: int = 0):
+        # active_from: first iteration at which freezing may happen (ours: τ, the EAD phase)
         self.bits, self.momentum, self.start_threshold = bits, momentum, start_threshold
+        self.active_from = active_from
         self.model = None
 
     def on_train_start(self, state: TrainState) -> None:
@@ -115,7 +117,7 @@ class FreezeHook(TrainingHook):
     @torch.no_grad()
     def after_optimizer_step(self, state: TrainState) -> None:
         threshold = freeze_threshold(state.progress, self.bits, self.start_threshold)
-        if threshold is None:
+        if threshold is None or state.iteration < self.active_from:
             return
         for _, layer in low_bit_layers(state.model):
             wq = layer.weight_quant

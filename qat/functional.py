@@ -7,12 +7,17 @@ factor exp(-k·Δ) on the input gradient (`dist_k`, used for weights only).
 Memory: the forward saves only `x` and the step. For an activation, `x` is usually the very tensor
 the preceding ReLU already keeps for its own backward, so saving it costs no extra memory; the
 backward recomputes `v = x / s` instead of storing masks.
+
+Speed: forward and backward each run as one fused compiled kernel (`qat.kernels`, torch.compile)
+where available; the eager code below is the reference and the automatic fallback (`QAT_FUSED=0`
+forces it).
 """
 from __future__ import annotations
 
 import torch
 
-STEP_EPS = 1e-8  # the step is clamped to this in the forward so that it can never reach 0 or below
+from . import kernels
+from .kernels import STEP_EPS  # noqa: F401  (re-exported: the step is clamped to this in the forward)
 
 
 def pulse_smooth(m: torch.Tensor, delta: float) -> torch.Tensor:
@@ -37,38 +42,71 @@ def _step_gradient_term(v, rounded, q, inside, pulse_delta):
     return torch.where(inside, m, q)  # outside the range q is exactly qmin or qmax
 
 
+def _eager_forward(x, step, qmin, qmax):
+    s = step.clamp_min(STEP_EPS)
+    q = torch.clamp(torch.round(x / s), qmin, qmax)
+    return q * s
+
+
+def _eager_backward(grad_out, x, step, qmin, qmax, grad_scale, pulse_delta, dist_k, need_gx, need_gs):
+    s = step.clamp_min(STEP_EPS)
+    v = x / s
+    rounded = torch.round(v)
+    q = torch.clamp(rounded, qmin, qmax)
+    inside = (v >= qmin) & (v <= qmax)
+
+    grad_x = None
+    if need_gx:
+        pass_through = inside.to(grad_out.dtype)
+        if dist_k is not None:  # ScaleGrad eq. (9)-(10): exp(-k·Δ), Δ = |round(v) - v|
+            pass_through = pass_through * torch.exp(-dist_k * (rounded - v).abs())
+        grad_x = grad_out * pass_through
+
+    grad_step = None
+    if need_gs:
+        ds_term = _step_gradient_term(v, rounded, q, inside, pulse_delta)
+        # Sum over the elements that share a step: all of them (per-tensor) or per channel.
+        grad_step = (grad_out * ds_term).sum_to_size(step.shape) * grad_scale
+    return grad_x, grad_step
+
+
 class _LSQFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, step, qmin, qmax, grad_scale, pulse_delta, dist_k):
-        s = step.clamp_min(STEP_EPS)
-        q = torch.clamp(torch.round(x / s), qmin, qmax)
         ctx.save_for_backward(x, step)
         ctx.qrange = (qmin, qmax)
         ctx.grad_scale, ctx.pulse_delta, ctx.dist_k = grad_scale, pulse_delta, dist_k
-        return q * s
+        ctx.fused = None
+        if kernels.fused_enabled():
+            mode = kernels.layout(x, step)
+            if mode is not None:
+                params = kernels.quant_params(qmin, qmax, grad_scale, pulse_delta, dist_k, x.device)
+                try:
+                    out = kernels.forward(x, step, params, mode)
+                    ctx.fused = (mode, params)
+                    return out
+                except Exception as err:  # no compiler, unsupported platform, ...: eager from now on
+                    kernels.disable(f"{type(err).__name__}: {err}")
+        return _eager_forward(x, step, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, step = ctx.saved_tensors
         qmin, qmax = ctx.qrange
-        s = step.clamp_min(STEP_EPS)
-        v = x / s
-        rounded = torch.round(v)
-        q = torch.clamp(rounded, qmin, qmax)
-        inside = (v >= qmin) & (v <= qmax)
-
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            pass_through = inside.to(grad_out.dtype)
-            if ctx.dist_k is not None:  # ScaleGrad eq. (9)-(10): exp(-k·Δ), Δ = |round(v) - v|
-                pass_through = pass_through * torch.exp(-ctx.dist_k * (rounded - v).abs())
-            grad_x = grad_out * pass_through
-
-        grad_step = None
-        if ctx.needs_input_grad[1]:
-            ds_term = _step_gradient_term(v, rounded, q, inside, ctx.pulse_delta)
-            # Sum over the elements that share a step: all of them (per-tensor) or per channel.
-            grad_step = (grad_out * ds_term).sum_to_size(step.shape) * ctx.grad_scale
+        need_gx, need_gs = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if not (need_gx or need_gs):
+            return None, None, None, None, None, None, None
+        # The compiled kernels are not differentiable twice: create_graph=True takes the eager path.
+        if ctx.fused is not None and kernels.fused_enabled() and not torch.is_grad_enabled():
+            mode, params = ctx.fused
+            try:
+                grad_x, grad_step = kernels.backward(grad_out, x, step, params, mode, ctx.dist_k is not None,
+                                                     need_gx, need_gs)
+                return grad_x, grad_step, None, None, None, None, None
+            except Exception as err:
+                kernels.disable(f"{type(err).__name__}: {err}")
+        grad_x, grad_step = _eager_backward(grad_out, x, step, qmin, qmax, ctx.grad_scale, ctx.pulse_delta,
+                                            ctx.dist_k, need_gx, need_gs)
         return grad_x, grad_step, None, None, None, None, None
 
 

@@ -41,6 +41,10 @@ class TrainingHook:
     def after_optimizer_step(self, state: TrainState) -> None:
         """Right after optimizer.step (EAD, freezing, EMA)."""
 
+    def eval_model(self) -> nn.Module | None:
+        """A model to evaluate instead of the trained one (e.g. RedYolo's EMA copy); None = the model."""
+        return None
+
     def epoch_metrics(self, state: TrainState) -> dict:
         """Scalars to log at the end of an epoch."""
         return {}

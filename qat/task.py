@@ -14,6 +14,9 @@ class TaskAdapter(Protocol):
     def train_batches(self, epochs: int = 1) -> Iterator[Any]:
         """Training batches (already on the device) for `epochs` passes; each is what `loss` takes."""
 
+    def iterations_for(self, epochs: float) -> int:
+        """Optimizer steps in `epochs` (fractional epochs allowed) passes over the training data."""
+
     def calib_batches(self) -> Iterable[Any]:
         """Calibration batches (the calibration split), each what `loss`/`inputs` take."""
 

@@ -2,9 +2,13 @@
 # Idempotent set-up used by every entry point: .venv with the pinned requirements, Fashion-MNIST,
 # and tool state (W&B, Ultralytics, Matplotlib) kept out of the home directory.
 # Source it (`source scripts/setup.sh`) to get the environment; running it only prepares.
-set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export QAT_DATA="${QAT_DATA:-$REPO/data}"
+# The installing part runs in a subshell with strict error handling, so sourcing this file does not
+# change the caller's shell options.
 VENV="$REPO/.venv"
+(
+set -euo pipefail
 STAMP="$VENV/.requirements.sha256"
 want="$(cat "$REPO/requirements.txt" "$REPO/requirements.lock.txt" | sha256sum | cut -d' ' -f1)"
 
@@ -20,7 +24,6 @@ if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
 fi
 
 # Fashion-MNIST: the Debian package when we can install it, else torchvision's downloader into $QAT_DATA.
-export QAT_DATA="${QAT_DATA:-$REPO/data}"
 FMNIST_DEB=/usr/share/datasets/fashion-mnist
 if [[ ! -f "$FMNIST_DEB/train-images-idx3-ubyte.gz" && ! -d "$QAT_DATA/fashion-mnist/FashionMNIST/raw" ]]; then
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
@@ -34,6 +37,7 @@ if [[ ! -f "$FMNIST_DEB/train-images-idx3-ubyte.gz" && ! -d "$QAT_DATA/fashion-m
       "$QAT_DATA/fashion-mnist" >&2
   fi
 fi
+) || { echo "[setup] failed" >&2; return 1 2>/dev/null || exit 1; }
 
 # Tool state stays inside the repository (or the run directory a tool is pointed at), not in ~.
 export QAT_STATE="${QAT_STATE:-$REPO/.state}"

@@ -1,0 +1,11 @@
+"""Baselines of the paper's comparisons (SPEC §7) and Table I's step-only phase.
+
+    damp.DampeningHook              oscillation dampening (Nagel et al. 2022), a training hook
+    redyolo.EMAHook                 RedYolo's EMA of weights and step sizes, a training hook
+    redyolo.QuantizationCorrectionStep   RedYolo's QC, a post-training step
+    adaround.AdaRoundStep           AdaRound (Nagel et al. 2020, AIMET defaults), a post-training step
+    step_only.StepOnlyStep          Table I "Freeze weight": latent weights frozen, only steps trained
+
+Freeze (Nagel et al. 2022 iterative freezing) lives in `qat.freeze` because AFW shares it.
+Modules are imported lazily by `qat.recipes`; importing this package imports nothing heavy.
+"""

@@ -1,0 +1,99 @@
+"""`python -m qat.train`: one entry point for FP pretraining (`--recipe fp`) and QAT with any recipe.
+
+Bad input ends with one `error: ...` line on stderr and exit status 2; a failed run with exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .config import PRESETS, RunConfig
+from .models import model_names
+from .recipes import RECIPES, MethodConfig
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not argparse's usage dump
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def _bits(text: str) -> int:
+    try:
+        bits = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--bits must be an integer between 2 and 8, got {text!r}") from None
+    if not 2 <= bits <= 8:
+        raise argparse.ArgumentTypeError(f"--bits must be between 2 and 8, got {bits}")
+    return bits
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m qat.train", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = RunConfig()
+    p.add_argument("--model", default=d.model, choices=model_names(), metavar="NAME",
+                   help=f"one of: {', '.join(model_names())}")
+    p.add_argument("--recipe", default=d.recipe, choices=["fp"] + sorted(RECIPES), metavar="NAME",
+                   help=f"fp or one of: {', '.join(sorted(RECIPES))}")
+    p.add_argument("--bits", type=_bits, default=d.bits, help="weight and activation bits (2-8)")
+    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
+    for f in dataclasses.fields(RunConfig):
+        if f.name in ("model", "recipe", "bits", "preset", "methods"):
+            continue
+        default = getattr(d, f.name)
+        if isinstance(default, bool):
+            p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = {int: int, float: float}.get(type(default), None)
+            if f.name in ("epochs", "batch_size", "train_subset", "max_iterations"):
+                kind = int
+            elif f.name == "lr":
+                kind = float
+            p.add_argument(_flag(f.name), type=kind or str, default=default)
+    methods = p.add_argument_group("method hyper-parameters (SPEC defaults)")
+    for f in dataclasses.fields(MethodConfig):
+        if f.name == "extra":
+            continue
+        kind = int if f.name == "adaround_iterations" else float
+        methods.add_argument(_flag(f.name), type=kind, default=f.default)
+    return p
+
+
+def parse_config(argv=None) -> RunConfig:
+    args = vars(build_parser().parse_args(argv))
+    method_names = {f.name for f in dataclasses.fields(MethodConfig)}
+    methods = MethodConfig(**{k: v for k, v in args.items() if k in method_names})
+    cfg = RunConfig(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
+    if cfg.calib_split not in ("train", "val"):
+        raise SystemExit(_error(f"--calib-split must be 'train' or 'val', got {cfg.calib_split!r}"))
+    return cfg
+
+
+def _error(message: str) -> int:
+    sys.stderr.write(f"error: {message}\n")
+    return 2
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(argv)
+    from .train.checkpoint import CheckpointError
+    from .train.classification import NonFiniteLoss, Trainer
+    from .train.distributed import teardown
+    try:
+        Trainer(cfg).run()
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        return _error(str(e))
+    except NonFiniteLoss as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: rerun with --resume to continue from the last epoch\n")
+        return 130
+    finally:
+        teardown()
+    return 0

@@ -1,0 +1,97 @@
+"""Presets (smoke / proxy / paper) and the resolved configuration of one run.
+
+A preset changes only budgets and data; every preset runs the same code (DESIGN.md).
+QAT keeps the paper's phase proportions: 80% ScaleGrad (τ), 20% EAD, then AFW ≈ 10% of the QAT epochs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .recipes import MethodConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+PRESETS: dict[str, dict] = {
+    # Seconds on a CPU: proves every path runs (tests, CI).
+    "smoke": dict(dataset="fashion-mnist", model_size="proxy", batch_size=32, train_subset=256, test_subset=256,
+                  fp_epochs=1, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=2, afw_epochs=0.5,
+                  qc_epochs=0.5, adaround_iterations=20, step_only_epochs=0.5, lr_step_fraction=0.5),
+    # Fashion-MNIST on a 2-core CPU: FP models trained once (cached), QAT on a 10k-image training subset.
+    "proxy": dict(dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=10000, test_subset=None,
+                  fp_epochs=6, fp_train_subset=None, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=32,
+                  afw_epochs=0.5, qc_epochs=1, adaround_iterations=300, step_only_epochs=1, lr_step_fraction=0.4),
+    # Same as proxy with the bigger budgets one GPU affords.
+    "proxy-gpu": dict(dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=None, test_subset=None,
+                      fp_epochs=20, fp_train_subset=None, fp_lr=0.05, qat_epochs=20, qat_lr=0.01, calib_batches=32,
+                      afw_epochs=2, qc_epochs=1, adaround_iterations=2000, step_only_epochs=2, lr_step_fraction=0.4),
+    # The paper (§V): ImageNet, SGD lr 1e-3, momentum 0.9, wd 1e-5, batch 128, StepLR,
+    # 80 epochs ScaleGrad + 20 EAD + 10 AFW; FP weights from a local checkpoint.
+    "paper": dict(dataset="imagenet", model_size="paper", batch_size=128, train_subset=None, test_subset=None,
+                  fp_epochs=None, fp_lr=None, qat_epochs=100, qat_lr=1e-3, calib_batches=32, afw_epochs=10,
+                  qc_epochs=1, adaround_iterations=10000, step_only_epochs=1, lr_step_fraction=0.4),
+}
+
+
+@dataclass
+class RunConfig:
+    model: str = "mobilenetv2"
+    recipe: str = "lsq"                  # or "fp" for FP pretraining
+    bits: int = 4
+    seed: int = 0
+    preset: str = "proxy"
+    table: str = "adhoc"                 # W&B group / run-directory prefix
+    data: str | None = None              # ImageNet root (paper preset) or Fashion-MNIST directory
+    calib_split: str = "train"           # "train" = held-out slice of the training set; "val" = the paper's
+    fp_checkpoint: str | None = None     # paper preset: local FP weights; proxy: cached under checkpoints/fp
+    out: str | None = None               # run directory; default runs/{table}/{model}/{recipe}/w{b}a{b}/s{seed}
+    resume: bool = False
+    device: str = "auto"
+    wandb: bool = True
+    quantize_first_last: bool = False
+    first_last_bits: int = 8
+    cle: bool = True
+    bias_correction: bool = True
+    epochs: int | None = None            # overrides the preset's QAT (or FP) epochs
+    lr: float | None = None
+    batch_size: int | None = None
+    train_subset: int | None = None
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    ead_fraction: float = 0.2            # EAD phase = last 20% of QAT epochs (paper 20 of 100)
+    max_iterations: int | None = None    # stop after this many optimizer steps (tests, paper smoke)
+    log_every: int = 20
+    fig1_iterations: int = 200           # log Fig. 1 traces over the last N iterations
+    methods: MethodConfig = field(default_factory=MethodConfig)
+
+    def preset_value(self, key):
+        return PRESETS[self.preset][key]
+
+    @property
+    def is_fp(self) -> bool:
+        return self.recipe == "fp"
+
+    @property
+    def run_name(self) -> str:
+        if self.is_fp:
+            return f"{self.table}/{self.model}/fp/s{self.seed}"
+        return f"{self.table}/{self.model}/{self.recipe}/w{self.bits}a{self.bits}/s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else runs_root() / self.run_name
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["preset_values"] = dict(PRESETS[self.preset])
+        return d
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("QAT_RUNS", REPO / "runs"))
+
+
+def fp_cache_path(model: str, preset: str) -> Path:
+    """Cached FP checkpoint of a proxy model, shared by every QAT run of that model and preset size."""
+    return Path(os.environ.get("QAT_CHECKPOINTS", REPO / "checkpoints")) / "fp" / f"{model}-{preset}.pt"

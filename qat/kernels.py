@@ -1,0 +1,212 @@
+"""Fused (torch.compile / Inductor) kernels for the LSQ quantizer of `qat.functional` (DESIGN: Performance).
+
+`qat.functional.lsq_fake_quant` calls these when they apply and falls back to its eager code otherwise;
+both compute SPEC §1–§2 and agree within fp32 rounding (tests/test_fused_quantizer.py).
+
+One forward and one backward kernel per call, each a single pass over the tensor:
+- forward  reads x, writes x̂ = s·clamp(round(x/s), qmin, qmax). Only x and s are kept for backward
+  (x is usually already held by the producer's own backward: the parameter itself for weights, the
+  ReLU output for activations), nothing of size x is added.
+- backward reads dL/dx̂ and x, writes dL/dx and reduces dL/ds inside the same loop (all elements for
+  per-tensor, one row per output channel for per-channel). No host syncs.
+
+Compilation is paid once per process and kernel variant, never per shape or per layer:
+- tensors are flattened to 1-D (per-tensor) or 2-D [C, K] (per-channel) views and compiled with
+  `dynamic=True`, so every weight, activation and batch size reuses one kernel;
+- the grid, PulseSmooth δ, exp(-kΔ)'s k and LSQ's gradient scale travel as a small cached device
+  tensor `params` (runtime values, not constants baked into the code), so changing them or the batch
+  size never recompiles; only the variant flags (distance-aware factor on/off, which gradients are
+  needed) select a kernel, each its own code object with its own Dynamo cache.
+
+Fallback: `QAT_FUSED=0` forces the eager path; so does a missing compiler or any compilation error
+(one warning, then eager for the rest of the process), an unsupported layout (non-contiguous x, a step
+that is neither per-tensor nor per-leading-dim), float64 inputs, or an outer `torch.compile` tracing
+the quantizer (Dynamo then compiles the eager math itself).
+"""
+from __future__ import annotations
+
+import os
+import types
+import warnings
+
+import torch
+
+STEP_EPS = 1e-8  # the step is clamped to this in the forward so that it can never reach 0 or below
+
+# Layout of `params` (float32, on x's device): the grid, PulseSmooth's thresholds and slope, k, g.
+_QMIN, _QMAX, _LEFT, _RIGHT, _SLOPE, _DIST_K, _GRAD_SCALE = range(7)
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_state = {"disabled": None}  # reason string once the fused path is off for this process
+_params_cache: dict = {}
+_PARAMS_CACHE_MAX = 4096
+
+
+# ---------------------------------------------------------------------------------------------------
+# The math, written once for the compiler. Everything is computed in float32.
+
+def _pulse_smooth(m, p):
+    """SPEC §2 PulseSmooth with runtime thresholds; with δ off the thresholds are ±1 (never crossed)."""
+    left = m < p[_LEFT]
+    right = m > p[_RIGHT]
+    return torch.where(left, p[_SLOPE] * (m + 0.5), torch.where(right, p[_SLOPE] * (m - 0.5), m))
+
+
+def _forward_math(x, step, p):
+    s = step.clamp_min(STEP_EPS)
+    q = torch.clamp(torch.round(x.float() / s), p[_QMIN], p[_QMAX])
+    return (q * s).to(x.dtype)
+
+
+def _backward_math(g, x, step, p, per_channel: bool, dist: bool, need_gx: bool, need_gs: bool):
+    s = step.clamp_min(STEP_EPS)
+    gf = g.float()
+    v = x.float() / s
+    rounded = torch.round(v)
+    inside = (v >= p[_QMIN]) & (v <= p[_QMAX])
+    m = rounded - v
+    grad_x = grad_s = None
+    if need_gx:
+        pass_through = inside.to(torch.float32)
+        if dist:  # ScaleGrad's distance-aware factor exp(-k·|round(v) - v|), weights only
+            pass_through = pass_through * torch.exp(-p[_DIST_K] * m.abs())
+        grad_x = (gf * pass_through).to(g.dtype)
+    if need_gs:
+        ds_term = torch.where(inside, _pulse_smooth(m, p), torch.clamp(rounded, p[_QMIN], p[_QMAX]))
+        prod = gf * ds_term
+        total = prod.sum(dim=1, keepdim=True) if per_channel else prod.sum()
+        grad_s = (total * p[_GRAD_SCALE]).to(step.dtype)
+    return grad_x, grad_s
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compiled variants. Dynamo keeps its compiled-code cache (and its recompile limit) per Python code
+# object, so each variant gets a code object of its own: a variant's cache then holds one entry per
+# rank (1-D per-tensor, 2-D per-channel) and dtype, far below the limit.
+
+def _clone_function(fn, name: str):
+    code = fn.__code__.replace(co_name=name, co_qualname=name) if hasattr(fn.__code__, "co_qualname") \
+        else fn.__code__.replace(co_name=name)
+    return types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+
+
+def _backward_variant(per_channel: bool, dist: bool, need_gx: bool, need_gs: bool):
+    def kernel(g, x, step, p):
+        return _backward_math(g, x, step, p, per_channel, dist, need_gx, need_gs)
+    return kernel
+
+
+_compiled: dict = {}
+
+
+def _kernel(key):
+    fn = _compiled.get(key)
+    if fn is None:
+        if key == "forward":
+            src, name = _forward_math, "lsq_fused_forward"
+        else:
+            _, per_channel, dist, need_gx, need_gs = key
+            src = _backward_variant(per_channel, dist, need_gx, need_gs)
+            name = "lsq_fused_backward_" + "_".join(str(int(f)) for f in key[1:])
+        fn = torch.compile(_clone_function(src, name), dynamic=True, fullgraph=True)
+        _compiled[key] = fn
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public helpers used by qat.functional.
+
+def fused_enabled() -> bool:
+    """Whether the compiled path may be used now (env var, platform, no earlier failure, not tracing)."""
+    if _state["disabled"] is not None:
+        return False
+    if os.environ.get("QAT_FUSED", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return True
+
+
+def disable(reason: str) -> None:
+    """Turn the fused path off for this process (after a compilation failure), warning once."""
+    if _state["disabled"] is None:
+        _state["disabled"] = reason
+        warnings.warn(f"qat.kernels: fused quantizer disabled, using the eager path ({reason})", RuntimeWarning,
+                      stacklevel=3)
+
+
+def reset() -> None:
+    """Forget an earlier failure (tests)."""
+    _state["disabled"] = None
+
+
+def disabled_reason() -> str | None:
+    return _state["disabled"]
+
+
+def _check_platform() -> None:
+    if not torch._dynamo.is_dynamo_supported():
+        raise RuntimeError("torch.compile is not supported on this platform")
+
+
+def layout(x: torch.Tensor, step: torch.Tensor):
+    """How the kernels see (x, step): 'tensor' (flattened 1-D), 'channel' ([C, K]), or None (eager)."""
+    if x.dtype not in _FUSED_DTYPES or step.dtype not in _FUSED_DTYPES or x.device != step.device:
+        return None
+    if not x.is_contiguous() or x.numel() == 0:
+        return None
+    if step.numel() == 1:
+        return "tensor"
+    if (x.dim() >= 1 and step.dim() == x.dim() and step.shape[0] == x.shape[0]
+            and all(d == 1 for d in step.shape[1:])):
+        return "channel"
+    return None
+
+
+def quant_params(qmin: int, qmax: int, grad_scale: float, pulse_delta, dist_k, device) -> torch.Tensor:
+    """The cached float32 tensor of runtime constants (one per distinct setting and device)."""
+    key = (qmin, qmax, float(grad_scale), pulse_delta, dist_k, device)
+    p = _params_cache.get(key)
+    if p is None:
+        if pulse_delta is None:
+            left, right, slope = -1.0, 1.0, 0.0  # m = round(v) - v ∈ [-0.5, 0.5] never crosses ±1
+        else:
+            if not 0.0 < pulse_delta < 0.5:
+                raise ValueError(f"pulse_smooth: delta must lie in (0, 0.5), got {pulse_delta}")
+            left, right, slope = -0.5 + pulse_delta, 0.5 - pulse_delta, -(0.5 - pulse_delta) / pulse_delta
+        values = [0.0] * 7
+        values[_QMIN], values[_QMAX], values[_LEFT], values[_RIGHT], values[_SLOPE] = qmin, qmax, left, right, slope
+        values[_DIST_K] = 0.0 if dist_k is None else dist_k
+        values[_GRAD_SCALE] = grad_scale
+        if len(_params_cache) >= _PARAMS_CACHE_MAX:
+            _params_cache.clear()
+        p = torch.tensor(values, dtype=torch.float32, device=device)
+        _params_cache[key] = p
+    return p
+
+
+def _views(t: torch.Tensor, mode: str, channels: int) -> torch.Tensor:
+    return t.view(-1) if mode == "tensor" else t.view(channels, -1)
+
+
+def forward(x: torch.Tensor, step: torch.Tensor, params: torch.Tensor, mode: str) -> torch.Tensor:
+    """x̂ of SPEC §1 in one compiled kernel (x contiguous; `mode` from `layout`)."""
+    _check_platform()
+    s = step.reshape(()) if mode == "tensor" else step.reshape(-1, 1)
+    y = _kernel("forward")(_views(x, mode, x.shape[0]), s, params)
+    return y.view(x.shape)
+
+
+def backward(grad_out: torch.Tensor, x: torch.Tensor, step: torch.Tensor, params: torch.Tensor, mode: str,
+             dist: bool, need_gx: bool, need_gs: bool):
+    """(dL/dx, dL/ds) of SPEC §1–§2 in one compiled kernel; the step gradient is reduced in the kernel."""
+    _check_platform()
+    s = step.reshape(()) if mode == "tensor" else step.reshape(-1, 1)
+    g = grad_out.contiguous()
+    kernel = _kernel(("backward", mode == "channel", dist, need_gx, need_gs))
+    grad_x, grad_s = kernel(_views(g, mode, x.shape[0]), _views(x, mode, x.shape[0]), s, params)
+    if grad_x is not None:
+        grad_x = grad_x.view(x.shape)
+    if grad_s is not None:
+        grad_s = grad_s.view(step.shape)
+    return grad_x, grad_s

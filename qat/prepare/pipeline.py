@@ -1,0 +1,64 @@
+"""The pre-QAT pipeline of the paper's Fig. 3 (SPEC §8): fold BN → CLE + high-bias absorption →
+insert quantizers and initialise steps → empirical bias correction → gradient mode of the recipe.
+
+Shared by classification and detection, so every task and recipe starts from the same prologue.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ..modules import convert, set_gradient_mode
+from .bn_fold import fold_batchnorm
+from .calibrate import calibrate_activations, init_weight_steps
+
+
+@dataclass
+class PrologueOptions:
+    cle: bool = True
+    bias_correction: bool = True
+    quantize_first_last: bool = False
+    first_last_bits: int = 8
+    calib_batches: int = 32
+
+
+def float_prologue(model: nn.Module, example_input: torch.Tensor, calib: list[torch.Tensor],
+                   opts: PrologueOptions) -> dict:
+    """Steps 1–2 on the FP model, in place: BN folding, then CLE with high-bias absorption."""
+    report = {"bn_folded": fold_batchnorm(model, example_input)}
+    if opts.cle:
+        from .cle import absorb_high_bias, equalize
+        report["cle"] = equalize(model, example_input)
+        report["bias_absorption"] = absorb_high_bias(model, calib[0] if calib else example_input)
+    return report
+
+
+def quantize_prologue(model: nn.Module, bits: int, calib: list[torch.Tensor], opts: PrologueOptions, *,
+                      per_channel: bool = False, pulse_delta: float | None = None, dist_k: float | None = None,
+                      exclude: Iterable[str] = (), high_precision: Iterable[str] | None = None,
+                      forward: Callable | None = None) -> dict:
+    """Steps 3–4: insert quantizers, calibrate/initialise steps, bias correction; set ScaleGrad mode."""
+    convert(model, bits, first_last_bits=opts.first_last_bits, quantize_first_last=opts.quantize_first_last,
+            per_channel=per_channel, exclude=exclude, high_precision=high_precision)
+    init_weight_steps(model)
+    report = {"calib_batches": calibrate_activations(model, calib, forward)}
+    if opts.bias_correction:
+        from .bias_correction import correct_bias
+        report["bias_correction"] = correct_bias(model, calib)
+    set_gradient_mode(model, pulse_delta, dist_k)
+    return report
+
+
+def build_structure(model: nn.Module, bits: int, example_input: torch.Tensor, opts: PrologueOptions, *,
+                    per_channel: bool = False, exclude: Iterable[str] = (),
+                    high_precision: Iterable[str] | None = None) -> None:
+    """The quantized module tree without any data-dependent initialisation, for loading a checkpoint.
+
+    CLE's ReLU6→ReLU swap is structural, so it is replayed (its weight changes are overwritten by the load).
+    """
+    float_prologue(model, example_input, [example_input], opts)
+    convert(model, bits, first_last_bits=opts.first_last_bits, quantize_first_last=opts.quantize_first_last,
+            per_channel=per_channel, exclude=exclude, high_precision=high_precision)

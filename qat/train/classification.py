@@ -1,0 +1,468 @@
+"""The classification training loop: FP pretraining and QAT with every recipe, read top to bottom.
+
+One run = one directory holding `checkpoint.pt` (every epoch), `checkpoint_tau.pt` (at τ, for runs
+that branch there), `trained.pt` (end of training, before post steps), `result.json` (written last:
+its presence means the run finished) and the W&B run.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, fp_cache_path
+from ..data.classification import fashion_mnist_data, imagenet_data
+from ..hooks import TrainState
+from ..models import build_model
+from ..modules import quant_layers, step_parameters
+from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
+from ..recipes import get_recipe, make_hooks, make_post_steps
+from . import checkpoint as ckpt
+from .distributed import all_reduce_sum, barrier, init_distributed, is_main
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            import os
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def bare(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class ClassificationTask:
+    """TaskAdapter (qat/task.py) over a trainer's data, for post-training steps."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+
+    def iterations_for(self, epochs: float) -> int:
+        return max(1, math.ceil(epochs * len(self.trainer.train_data)))
+
+    def train_batches(self, epochs: int = 1):
+        for e in range(epochs):
+            for x, y in self.trainer.train_data.epoch(1000 + e):  # epochs distinct from training's
+                yield x.to(self.trainer.device), y.to(self.trainer.device)
+
+    def calib_batches(self):
+        return [(x.to(self.trainer.device), y.to(self.trainer.device)) for x, y in self.trainer.calib_inputs_labels]
+
+    def inputs(self, batch):
+        return batch[0]
+
+    def loss(self, model, batch):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    def evaluate(self, model):
+        return self.trainer.evaluate(model)
+
+    def log(self, metrics, step=None):
+        self.trainer.log(metrics, step)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.rank, self.world = init_distributed(self.device)
+        self.run_dir = cfg.run_dir
+        self.logger = None
+        self.global_step = 0
+        p = cfg.preset_value
+        self.batch_size = cfg.batch_size or p("batch_size")
+        if cfg.preset_value("dataset") == "imagenet":
+            if not cfg.data:
+                raise ValueError("the paper preset needs --data pointing at an ImageNet ImageFolder (train/, val/)")
+            self.train_data, self.calib_data, self.test_data = imagenet_data(
+                cfg.data, self.batch_size, cfg.seed, cfg.calib_split, train_subset=cfg.train_subset)
+        else:
+            subset = cfg.train_subset if cfg.train_subset is not None else \
+                (_fp_subset(cfg) if cfg.is_fp else p("train_subset"))
+            self.train_data, self.calib_data, self.test_data = fashion_mnist_data(
+                self.batch_size, subset, p("test_subset"), cfg.seed, cfg.data, cfg.calib_split)
+        self.calib_inputs_labels = []
+        for x, y in self.calib_data.epoch(0):
+            self.calib_inputs_labels.append((x, y))
+            if len(self.calib_inputs_labels) >= p("calib_batches"):
+                break
+
+    # ----------------------------------------------------------------- logging
+    def open_logger(self, resume_id: str | None):
+        if not (self.cfg.wandb and is_main()):
+            return
+        from ..logging.run_logger import RunLogger
+        c = self.cfg
+        tags = [c.model, c.recipe] + ([] if c.is_fp else [f"w{c.bits}a{c.bits}"]) + [c.preset]
+        self.logger = RunLogger(self.run_dir, c.run_name, c.table, tags, c.to_dict(), resume_id=resume_id)
+
+    def log(self, metrics: dict, step: int | None = None):
+        if self.logger is not None:
+            self.logger.log(metrics, step=self.global_step if step is None else step)
+
+    # -------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict:
+        model = bare(model)
+        was_training = model.training
+        model.eval()
+        correct = total = loss_sum = 0.0
+        for x, y in self.test_data.epoch(0):
+            x, y = x.to(self.device), y.to(self.device)
+            logits = model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += float((logits.argmax(1) == y).sum())
+            total += len(y)
+        model.train(was_training)
+        correct, total, loss_sum = all_reduce_sum([correct, total, loss_sum], self.device)
+        top1 = 100.0 * correct / max(1, total)
+        return {"metric": top1, "top1": top1, "loss": loss_sum / max(1, total)}
+
+    # ------------------------------------------------------------------ models
+    def fp_model(self) -> nn.Module:
+        """The FP model: from --fp-checkpoint, else the cached proxy checkpoint (trained here if missing)."""
+        c = self.cfg
+        model = build_model(c.model, c.preset_value("model_size"))
+        path = Path(c.fp_checkpoint) if c.fp_checkpoint else fp_cache_path(c.model, c.preset)
+        if not path.is_file():
+            if c.fp_checkpoint or c.preset_value("fp_epochs") is None:
+                raise FileNotFoundError(f"FP checkpoint not found: {path} (the {c.preset} preset needs "
+                                        f"--fp-checkpoint with the model's trained FP weights)")
+            if is_main():
+                print(f"[qat] no cached FP model at {path}: training it first", flush=True)
+            fp_cfg = replace(c, recipe="fp", out=None, resume=True, epochs=None, lr=None, train_subset=None,
+                             max_iterations=None, table="fp")
+            Trainer(fp_cfg).run()
+        try:
+            model.load_state_dict(ckpt.load_model_weights(path))
+        except RuntimeError as e:
+            raise ckpt.CheckpointError(f"checkpoint {path} does not fit model {c.model!r}: {str(e)[:300]}") from None
+        return model.to(self.device)
+
+    def prologue_options(self) -> PrologueOptions:
+        c = self.cfg
+        return PrologueOptions(cle=c.cle, bias_correction=c.bias_correction, quantize_first_last=c.quantize_first_last,
+                               first_last_bits=c.first_last_bits, calib_batches=c.preset_value("calib_batches"))
+
+    def calib_inputs(self) -> list[torch.Tensor]:
+        return [x.to(self.device) for x, _ in self.calib_inputs_labels]
+
+    def quantized_model(self, init: bool) -> tuple[nn.Module, dict]:
+        """FP model → prologue → quantized model. `init=False` builds the structure only (to load a checkpoint)."""
+        c, recipe = self.cfg, get_recipe(self.cfg.recipe)
+        model = self.fp_model()
+        calib = self.calib_inputs()
+        opts = self.prologue_options()
+        if not init:
+            build_structure(model, c.bits, calib[0], opts, per_channel=recipe.per_channel)
+            return model, {}
+        report = {"fp_top1": self.evaluate(model)["top1"]}
+        report["prologue"] = float_prologue(model, calib[0], calib, opts)
+        report["fp_top1_prologue"] = self.evaluate(model)["top1"]  # after BN fold + CLE (ReLU6→ReLU)
+        m = c.methods
+        report["quantize"] = quantize_prologue(model, c.bits, calib, opts, per_channel=recipe.per_channel,
+                                               pulse_delta=m.pulse_delta if recipe.scalegrad else None,
+                                               dist_k=m.dist_k if recipe.scalegrad else None)
+        report["init_top1"] = self.evaluate(model)["top1"]
+        return model, report
+
+    # --------------------------------------------------------------- schedule
+    def epochs(self) -> int:
+        c = self.cfg
+        if c.epochs is not None:
+            return c.epochs
+        return c.preset_value("fp_epochs" if c.is_fp else "qat_epochs")
+
+    def tau_epoch(self) -> int:
+        return round((1 - self.cfg.ead_fraction) * self.epochs())
+
+    def make_optimizer(self, model: nn.Module, epochs: int):
+        c = self.cfg
+        steps = set(map(id, step_parameters(model)))
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if id(p) not in steps and p.dim() > 1]
+        no_decay = [p for p in params if id(p) not in steps and p.dim() <= 1]
+        step_params = [p for p in params if id(p) in steps]
+        groups = [{"params": decay, "weight_decay": c.weight_decay if not c.is_fp else 5e-5},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if step_params:
+            groups.append({"params": step_params, "weight_decay": 0.0})  # never decay step sizes
+        lr = c.lr or c.preset_value("fp_lr" if c.is_fp else "qat_lr")
+        opt = torch.optim.SGD(groups, lr=lr, momentum=c.momentum, nesterov=c.is_fp)
+        if c.is_fp:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+        else:  # the paper's StepLR
+            step = max(1, round(c.preset_value("lr_step_fraction") * epochs))
+            sched = torch.optim.lr_scheduler.StepLR(opt, step, gamma=0.1)
+        return opt, sched
+
+    # -------------------------------------------------------------------- run
+    def run(self) -> dict:
+        c = self.cfg
+        done = self.run_dir / "result.json"
+        if done.is_file():
+            if is_main():
+                print(f"[qat] {c.run_name}: finished already ({done})", flush=True)
+            return json.loads(done.read_text())
+        torch.manual_seed(c.seed)
+        recipe = None if c.is_fp else get_recipe(c.recipe)
+        epochs = self.epochs()
+        tau_epoch = self.tau_epoch()
+        resume_from = self.run_dir / "checkpoint.pt" if c.resume and (self.run_dir / "checkpoint.pt").is_file() else None
+        if resume_from is None and not c.resume and (self.run_dir / "checkpoint.pt").is_file():
+            raise ValueError(f"{self.run_dir} holds a checkpoint of an unfinished run: pass --resume to continue it "
+                             f"or delete the directory")
+
+        # Where this run starts: its own checkpoint, a parent's checkpoint (branch), or fresh.
+        branch = None
+        if resume_from is None and recipe is not None and recipe.branch_from is not None:
+            branch = self.parent_checkpoint(*recipe.branch_from)
+        state_ckpt = ckpt.load(resume_from or branch) if (resume_from or branch) else None
+
+        if c.is_fp:
+            model = build_model(c.model, c.preset_value("model_size")).to(self.device)
+            report = {}
+        elif state_ckpt is not None:
+            model, report = self.quantized_model(init=False)
+            model.load_state_dict(state_ckpt["model"])
+            report = state_ckpt.get("report", {})
+        else:
+            model, report = self.quantized_model(init=True)
+
+        iters_per_epoch = len(self.train_data)
+        total_iterations = epochs * iters_per_epoch
+        tau = tau_epoch * iters_per_epoch
+        hooks = [] if c.is_fp else make_hooks(recipe, c.bits, tau, c.methods)
+        optimizer, scheduler = self.make_optimizer(model, epochs)
+        state = TrainState(model=model, total_iterations=total_iterations)
+        for h in hooks:
+            h.on_train_start(state)
+
+        start_epoch = 0
+        resume_id = None
+        training_done = False
+        if state_ckpt is not None:
+            optimizer.load_state_dict(state_ckpt["optimizer"])
+            scheduler.load_state_dict(state_ckpt["scheduler"])
+            start_epoch = state_ckpt["epoch"]
+            state.iteration = state_ckpt["iteration"]
+            hook_states = state_ckpt.get("hooks", {})
+            for h in hooks:
+                if type(h).__name__ in hook_states:
+                    h.load_state_dict(hook_states[type(h).__name__])
+            if resume_from is not None:
+                ckpt.set_rng_state(state_ckpt["rng"])
+                resume_id = state_ckpt.get("wandb_id")
+                training_done = state_ckpt.get("training_done", False)
+            elif recipe.branch_from[1] == "end":
+                training_done = True
+        if (self.run_dir / "trained.pt").is_file() and resume_from is not None:
+            training_done = True
+        self.global_step = state.iteration
+
+        self.open_logger(resume_id)
+        if report and start_epoch == 0 and not training_done:
+            self.log({k: v for k, v in report.items() if isinstance(v, (int, float))}, step=0)
+        if is_main():
+            where = f"resumed at epoch {start_epoch}" if resume_from else (f"branched from {branch}" if branch else "fresh")
+            print(f"[qat] {c.run_name}: {where}; {epochs} epochs × {iters_per_epoch} iterations"
+                  + ("" if c.is_fp else f", τ = epoch {tau_epoch}"), flush=True)
+
+        train_model = model
+        if self.world > 1:
+            train_model = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+        history = []
+        if not training_done:
+            for epoch in range(start_epoch, epochs):
+                train_metrics = self.train_epoch(train_model, optimizer, hooks, state, epoch, epochs)
+                scheduler.step()
+                eval_model = next((m for m in (h.eval_model() for h in hooks) if m is not None), model)
+                val = self.evaluate(eval_model)
+                metrics = {**train_metrics, "val/top1": val["top1"], "val/loss": val["loss"], "epoch": epoch + 1,
+                           "lr": optimizer.param_groups[0]["lr"], **self.step_size_metrics(model)}
+                for h in hooks:
+                    metrics.update(h.epoch_metrics(state))
+                self.log(metrics)
+                history.append(metrics)
+                if is_main():
+                    print(f"[qat] {c.run_name} epoch {epoch + 1}/{epochs}: train loss {train_metrics['train/loss']:.4f}"
+                          f" top-1 {val['top1']:.2f}%", flush=True)
+                payload = self.checkpoint_payload(model, optimizer, scheduler, hooks, state, epoch + 1, report)
+                if is_main():
+                    ckpt.save(payload, self.run_dir / "checkpoint.pt")
+                    if not c.is_fp and epoch + 1 == tau_epoch:
+                        ckpt.save(payload, self.run_dir / "checkpoint_tau.pt")
+                barrier()
+                if c.max_iterations is not None and state.iteration >= c.max_iterations:
+                    break
+            # RedYolo evaluates (and keeps) its EMA copy.
+            ema = next((m for m in (h.eval_model() for h in hooks) if m is not None), None)
+            if ema is not None:
+                model.load_state_dict(ema.state_dict())
+            payload = self.checkpoint_payload(model, optimizer, scheduler, hooks, state, epochs, report)
+            payload["training_done"] = True
+            if is_main():
+                ckpt.save(payload, self.run_dir / "checkpoint.pt")
+                ckpt.save(payload, self.run_dir / "trained.pt")
+            barrier()
+
+        result = self.finish(model, hooks, state, report)
+        return result
+
+    def parent_checkpoint(self, parent_recipe: str, point: str) -> Path:
+        """The parent run's checkpoint at τ or at the end; the parent is trained first if missing."""
+        parent_cfg = replace(self.cfg, recipe=parent_recipe, out=None, resume=True)
+        parent_dir = parent_cfg.run_dir
+        if self.cfg.out:  # keep ad-hoc output trees self-contained
+            parent_dir = Path(self.cfg.out).parent / parent_recipe.replace("/", "_")
+            parent_cfg = replace(parent_cfg, out=str(parent_dir))
+        path = parent_dir / ("checkpoint_tau.pt" if point == "tau" else "trained.pt")
+        if not path.is_file():
+            if is_main():
+                print(f"[qat] {self.cfg.recipe} branches from {parent_recipe} at {point}: running it first", flush=True)
+            Trainer(parent_cfg).run()
+            barrier()
+        if not path.is_file():
+            raise ckpt.CheckpointError(f"parent run {parent_dir} left no {path.name}")
+        return path
+
+    def train_epoch(self, train_model, optimizer, hooks, state: TrainState, epoch: int, epochs: int) -> dict:
+        c, model = self.cfg, bare(train_model)
+        model.train()
+        steps = step_parameters(model)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        fig1_from = state.total_iterations - c.fig1_iterations
+        layers = [layer for _, layer in quant_layers(model)]
+        bar = tqdm(self.train_data.epoch(epoch), total=len(self.train_data), disable=not is_main(), leave=False,
+                   desc=f"{c.recipe} ep {epoch + 1}/{epochs}", dynamic_ncols=True)
+        t0 = time.time()
+        for i, (x, y) in enumerate(bar):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            logits = train_model(x)
+            loss = F.cross_entropy(logits, y)
+            extra = [e for e in (h.extra_loss(state) for h in hooks) if e is not None]
+            total = loss + sum(extra) if extra else loss
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            for h in hooks:
+                h.before_optimizer_step(state)
+            optimizer.step()
+            if steps:
+                with torch.no_grad():
+                    torch._foreach_clamp_min_(steps, 1e-8)  # step sizes stay positive
+            for h in hooks:
+                h.after_optimizer_step(state)
+            state.iteration += 1
+            self.global_step = state.iteration
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if layers and len(layers) >= 3 and state.iteration > fig1_from and is_main():
+                self.log_fig1_trace(layers, state.iteration)
+            if (i + 1) % c.log_every == 0 or i + 1 == len(self.train_data):
+                running = float(loss_sum) / seen  # a host sync, only every log_every iterations
+                if not math.isfinite(running):
+                    raise NonFiniteLoss(f"non-finite training loss at iteration {state.iteration} (epoch {epoch + 1}) "
+                                        f"of {c.run_name}: lower --lr or check the data")
+                bar.set_postfix(loss=f"{running:.3f}", acc=f"{100 * float(correct) / seen:.1f}")
+                self.log({"train/loss_running": running})
+            if c.max_iterations is not None and state.iteration >= c.max_iterations:
+                break
+        loss_total, correct_total, seen_total = all_reduce_sum([float(loss_sum), float(correct), seen], self.device)
+        return {"train/loss": loss_total / seen_total, "train/top1": 100 * correct_total / seen_total,
+                "time/epoch_s": time.time() - t0}
+
+    @torch.no_grad()
+    def log_fig1_trace(self, layers, iteration: int):
+        """Fig. 1 (b), (c): 2nd layer's first-channel latent weights (in step units), 3rd layer's steps."""
+        second, third = layers[1], layers[2]
+        w = (second.weight[0].flatten()[:16] / second.weight_quant.step.flatten()[0]).tolist()
+        trace = {f"fig1/w2_ch0/{j}": v for j, v in enumerate(w)}
+        trace["fig1/s3_weight"] = float(third.weight_quant.step.flatten()[0])
+        trace["fig1/s3_act"] = float(third.input_quant.step)
+        self.log(trace, step=iteration)
+
+    def step_size_metrics(self, model) -> dict:
+        out = {}
+        for name, layer in quant_layers(model):
+            out[f"steps/{name}/weight"] = float(layer.weight_quant.step.detach().mean())
+            out[f"steps/{name}/act"] = float(layer.input_quant.step.detach())
+        return out
+
+    def checkpoint_payload(self, model, optimizer, scheduler, hooks, state, epoch, report) -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "epoch": epoch, "iteration": state.iteration, "hooks": {type(h).__name__: h.state_dict() for h in hooks},
+                "rng": ckpt.rng_state(), "wandb_id": self.logger.run_id if self.logger else None,
+                "report": report, "config": self.cfg.to_dict()}
+
+    def finish(self, model, hooks, state, report) -> dict:
+        c = self.cfg
+        result = {"model": c.model, "recipe": c.recipe, "bits": None if c.is_fp else c.bits, "seed": c.seed,
+                  "preset": c.preset, "table": c.table}
+        trained = self.evaluate(model)
+        result["top1_trained"] = trained["top1"]
+        if not c.is_fp:
+            result["fp_top1"] = report.get("fp_top1")
+            result["fp_top1_prologue"] = report.get("fp_top1_prologue")
+            result["init_top1"] = report.get("init_top1")
+            for h in hooks:
+                result.update({k: v for k, v in h.epoch_metrics(state).items() if not k.startswith("osc/") or
+                               k == "osc/fraction_oscillating"})
+            result.update(self.fig1a_histogram(model))
+            task = ClassificationTask(self)
+            for post in make_post_steps(get_recipe(c.recipe), self._post_cfg()):
+                if is_main():
+                    print(f"[qat] {c.run_name}: post step {post.name}", flush=True)
+                result.update(post.run(model, task))
+        result["top1"] = self.evaluate(model)["top1"]
+        if c.is_fp and is_main():
+            ckpt.save({"model": model.state_dict(), "config": c.to_dict(), "top1": result["top1"]},
+                      fp_cache_path(c.model, c.preset))
+        if is_main():
+            ckpt.save({"model": model.state_dict(), "result": result}, self.run_dir / "final.pt")
+            if self.logger is not None:
+                self.logger.summary({k: v for k, v in result.items() if v is not None})
+                self.logger.finish(0)
+            (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
+            print(f"[qat] {c.run_name}: top-1 {result['top1']:.2f}%", flush=True)
+        barrier()
+        return result
+
+    def _post_cfg(self):
+        """Post-step budgets left unset (None) take the preset's value."""
+        m, p = self.cfg.methods, self.cfg.preset_value
+        budgets = ("afw_epochs", "qc_epochs", "adaround_iterations", "step_only_epochs")
+        return replace(m, **{k: p(k) for k in budgets if getattr(m, k) is None})
+
+    def fig1a_histogram(self, model) -> dict:
+        """Fig. 1(a): the 2nd quantized layer's latent weights by position within their bin, v − round(v)."""
+        layers = [layer for _, layer in quant_layers(model)]
+        if len(layers) < 2:
+            return {}
+        second = layers[1]
+        v = (second.weight / second.weight_quant.step).detach().flatten()
+        counts = torch.histc((v - torch.round(v)).float(), bins=50, min=-0.5, max=0.5)
+        return {"fig1a/bin_position_counts": counts.tolist()}
+
+
+def _fp_subset(cfg: RunConfig):
+    from ..config import PRESETS
+    return PRESETS[cfg.preset].get("fp_train_subset", PRESETS[cfg.preset]["train_subset"])
