@@ -20,7 +20,7 @@ PRESETS: dict[str, dict] = {
                   qc_epochs=0.5, adaround_iterations=20, step_only_epochs=0.5, lr_step_fraction=0.5),
     # Fashion-MNIST on a 2-core CPU: FP models trained once (cached), QAT on a 10k-image training subset.
     "proxy": dict(dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=10000, test_subset=None,
-                  fp_epochs=6, fp_train_subset=None, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=32,
+                  fp_epochs=4, fp_train_subset=None, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=32,
                   afw_epochs=0.5, qc_epochs=1, adaround_iterations=300, step_only_epochs=1, lr_step_fraction=0.4),
     # Same as proxy with the bigger budgets one GPU affords.
     "proxy-gpu": dict(dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=None, test_subset=None,
@@ -61,6 +61,7 @@ class RunConfig:
     momentum: float = 0.9
     ead_fraction: float = 0.2            # EAD phase = last 20% of QAT epochs (paper 20 of 100)
     max_iterations: int | None = None    # stop after this many optimizer steps (tests, paper smoke)
+    workers: int = 8                     # data-loader processes (paper preset)
     log_every: int = 20
     fig1_iterations: int = 200           # log Fig. 1 traces over the last N iterations
     methods: MethodConfig = field(default_factory=MethodConfig)

@@ -186,14 +186,19 @@ def quant_params(qmin: int, qmax: int, grad_scale: float, pulse_delta, dist_k, d
 
 
 def _views(t: torch.Tensor, mode: str, channels: int) -> torch.Tensor:
-    return t.view(-1) if mode == "tensor" else t.view(channels, -1)
+    # `.detach()` after the view gives a tensor with no `_base` and requires_grad=False: Dynamo then
+    # guards on the flat view alone, not on the original shape or on requires_grad (no recompiles).
+    return (t.view(-1) if mode == "tensor" else t.view(channels, -1)).detach()
+
+
+def _step_view(step: torch.Tensor, mode: str) -> torch.Tensor:
+    return (step.reshape(()) if mode == "tensor" else step.reshape(-1, 1)).detach()
 
 
 def forward(x: torch.Tensor, step: torch.Tensor, params: torch.Tensor, mode: str) -> torch.Tensor:
     """x̂ of SPEC §1 in one compiled kernel (x contiguous; `mode` from `layout`)."""
     _check_platform()
-    s = step.reshape(()) if mode == "tensor" else step.reshape(-1, 1)
-    y = _kernel("forward")(_views(x, mode, x.shape[0]), s, params)
+    y = _kernel("forward")(_views(x, mode, x.shape[0]), _step_view(step, mode), params)
     return y.view(x.shape)
 
 
@@ -201,12 +206,84 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, step: torch.Tensor, params
              dist: bool, need_gx: bool, need_gs: bool):
     """(dL/dx, dL/ds) of SPEC §1–§2 in one compiled kernel; the step gradient is reduced in the kernel."""
     _check_platform()
-    s = step.reshape(()) if mode == "tensor" else step.reshape(-1, 1)
     g = grad_out.contiguous()
     kernel = _kernel(("backward", mode == "channel", dist, need_gx, need_gs))
-    grad_x, grad_s = kernel(_views(g, mode, x.shape[0]), _views(x, mode, x.shape[0]), s, params)
+    grad_x, grad_s = kernel(_views(g, mode, x.shape[0]), _views(x, mode, x.shape[0]), _step_view(step, mode),
+                            params)
     if grad_x is not None:
         grad_x = grad_x.view(x.shape)
     if grad_s is not None:
         grad_s = grad_s.view(step.shape)
     return grad_x, grad_s
+
+
+# ---------------------------------------------------------------------------------------------------
+# Oscillation tracking (SPEC §4) in one pass: the eager `OscillationTracker.update(codes(w))` reads and
+# writes the weight-sized state in ~18 separate operations per layer and step; this kernel reads the
+# weight and the state once and writes the state back in place.
+
+def _oscillation_math(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask, frozen_codes):
+    w_int = torch.clamp(torch.round(w / step), p[0], p[1])  # WeightQuantizer.codes: no step clamp
+    if frozen_mask is not None:
+        w_int = torch.where(frozen_mask, frozen_codes, w_int)
+    w_int = w_int.to(previous.dtype)
+    direction = torch.sign(w_int - previous).to(torch.int8)
+    oscillated = (direction != 0) & (direction == -last_direction)
+    m, keep = p[2], p[3]  # momentum and 1 - momentum
+    frequency.copy_(frequency * keep + oscillated.to(frequency.dtype) * m)
+    count.add_(oscillated.to(count.dtype))
+    last_direction.copy_(torch.where(direction != 0, direction, last_direction))
+    int_ema.copy_(int_ema * keep + w_int.to(int_ema.dtype) * m)
+    previous.copy_(w_int)
+
+
+def _oscillation_plain(w, step, p, previous, last_direction, frequency, count, int_ema):
+    _oscillation_math(w, step, p, previous, last_direction, frequency, count, int_ema, None, None)
+
+
+def _oscillation_frozen(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask, frozen_codes):
+    _oscillation_math(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask, frozen_codes)
+
+
+def oscillation_update_(weight: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, momentum: float,
+                        previous: torch.Tensor, last_direction: torch.Tensor, frequency: torch.Tensor,
+                        count: torch.Tensor, int_ema: torch.Tensor, frozen_mask: torch.Tensor | None = None,
+                        frozen_codes: torch.Tensor | None = None) -> bool:
+    """`OscillationTracker.update(codes)` with codes = clamp(round(w/s), qmin, qmax) (frozen codes
+    substituted where `frozen_mask`), fused into one in-place kernel over the tracker's state.
+
+    Returns False, touching nothing, when the fused path does not apply (then run the eager update).
+    """
+    state = (previous, last_direction, frequency, count, int_ema)
+    extra = () if frozen_mask is None else (frozen_mask, frozen_codes)
+    if not fused_enabled() or weight.dtype not in _FUSED_DTYPES:
+        return False
+    tensors = (weight,) + state + extra
+    if any(t.shape != weight.shape or not t.is_contiguous() or t.device != weight.device for t in tensors):
+        return False
+    if step.numel() == 1:
+        s = step.detach().reshape(())
+        flat = [t.view(-1).detach() for t in tensors]
+    elif step.dim() == weight.dim() and step.shape[0] == weight.shape[0] and all(d == 1 for d in step.shape[1:]):
+        s = step.detach().reshape(-1, 1)
+        flat = [t.view(weight.shape[0], -1).detach() for t in tensors]
+    else:
+        return False
+    key = ("oscillation", qmin, qmax, float(momentum), weight.device)
+    p = _params_cache.get(key)
+    if p is None:
+        p = _params_cache[key] = torch.tensor([qmin, qmax, momentum, 1 - momentum], dtype=torch.float32, device=weight.device)
+    kernel_key = "oscillation_frozen" if extra else "oscillation"
+    fn = _compiled.get(kernel_key)
+    if fn is None:
+        src = _oscillation_frozen if extra else _oscillation_plain
+        fn = _compiled[kernel_key] = torch.compile(_clone_function(src, "lsq_fused_" + kernel_key), dynamic=True,
+                                                   fullgraph=True)
+    try:
+        _check_platform()
+        with torch.no_grad():
+            fn(flat[0], s, p, *flat[1:])
+    except Exception as err:
+        disable(f"{type(err).__name__}: {err}")
+        return False
+    return True

@@ -178,7 +178,7 @@ def _materialize_frozen(layer: nn.Module) -> None:
 def adaround_layer(layer: nn.Module, inputs: torch.Tensor, iterations: int = 10000, *, activation=None,
                    reg: float = 0.01, lr: float = 1e-3, batch_size: int = 32, warm_start: float = 0.2,
                    beta_range: tuple[float, float] = (20.0, 2.0), zeta: float = ZETA, gamma: float = GAMMA,
-                   eval_samples: int = 256, progress: bool = False) -> dict:
+                   eval_samples: int = 256, seed: int = 0, progress: bool = False) -> dict:
     """AdaRound one quantized layer on its cached quantized inputs; writes W ← s·code in place.
     Returns reconstruction errors (nearest vs AdaRound, hard-rounded, on the first `eval_samples`
     samples) and how many codes differ from nearest rounding."""
@@ -200,11 +200,17 @@ def adaround_layer(layer: nn.Module, inputs: torch.Tensor, iterations: int = 100
 
     before = recon_of(s * nearest)
     optimizer = torch.optim.Adam([v], lr=lr)
+    # batches drawn from a dedicated generator: reproducible, and identical on every DDP rank
+    generator = torch.Generator(device=inputs.device)
+    generator.manual_seed(seed)
     steps = range(iterations)
     if progress:
         steps = tqdm(steps, desc="AdaRound", leave=False)
     for it in steps:
-        idx = torch.randperm(n, device=inputs.device)[:batch_size] if n > batch_size else slice(None)
+        if n > batch_size:
+            idx = torch.randperm(n, device=inputs.device, generator=generator)[:batch_size]
+        else:
+            idx = slice(None)
         x = inputs[idx]
         with torch.no_grad():
             target = act(_layer_output(layer, x, w))
@@ -233,12 +239,12 @@ class AdaRoundStep:
 
     def __init__(self, iterations: int = 10000, reg: float = 0.01, lr: float = 1e-3, batch_size: int = 32,
                  warm_start: float = 0.2, beta_range: tuple[float, float] = (20.0, 2.0),
-                 num_samples: int = 1024, max_bits: int = 4, use_activation: bool = True):
+                 num_samples: int = 1024, max_bits: int = 4, use_activation: bool = True, seed: int = 0):
         if iterations < 1:
             raise ValueError(f"AdaRound iterations must be at least 1, got {iterations}")
         self.iterations, self.reg, self.lr, self.batch_size = iterations, reg, lr, batch_size
         self.warm_start, self.beta_range, self.num_samples = warm_start, beta_range, num_samples
-        self.max_bits, self.use_activation = max_bits, use_activation
+        self.max_bits, self.use_activation, self.seed = max_bits, use_activation, seed
 
     def run(self, model: nn.Module, task) -> dict:
         layers = [layer for _, layer in low_bit_layers(model, self.max_bits)]
@@ -254,11 +260,11 @@ class AdaRoundStep:
             p.requires_grad_(False)
         totals = {"recon_nearest": 0.0, "recon_adaround": 0.0, "changed": 0}
         try:
-            for layer in tqdm(layers, desc="AdaRound layers", leave=False):
+            for i, layer in enumerate(tqdm(layers, desc="AdaRound layers", leave=False)):
                 cached = collect_inputs(model, layer, inputs, self.num_samples)
                 out = adaround_layer(layer, cached, self.iterations, activation=acts.get(layer), reg=self.reg,
                                      lr=self.lr, batch_size=self.batch_size, warm_start=self.warm_start,
-                                     beta_range=self.beta_range)
+                                     beta_range=self.beta_range, seed=self.seed + i)
                 del cached
                 for k in totals:
                     totals[k] += out[k]

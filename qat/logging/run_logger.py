@@ -11,9 +11,9 @@
   checkpoint; after that, wandb ignores (with a warning) more logging to the same step.
   wandb-core also buffers the `.wandb` file and flushes it every `flush_interval` seconds
   (wandb's default is 15 s; we use 2 s), so a kill loses at most that much of committed data.
-- wandb exports `WANDB_SERVICE` once its core runs; child processes that inherit it log through the
-  parent's wandb-core (and a killed child leaves its run id "in use" there). Drop it from the
-  environment of a child that should log on its own.
+- wandb exports `WANDB_SERVICE` once its core runs, and child processes that inherit it log through
+  the parent's wandb-core (a killed child then leaves its run id "in use" there and cannot be
+  resumed). RunLogger removes it from the environment, so each logging process has its own core.
 
 Naming (DESIGN.md): name `{table}/{model}/{recipe}/w{b}a{b}/s{seed}`, group = table,
 tags = [model, recipe, "w{b}a{b}"] — see `run_name` and `run_tags`.
@@ -123,6 +123,10 @@ class RunLogger:
             allow_val_change=self.resumed,  # a resume may bring a new git commit into the config
         )
         self._wandb = wandb
+        # wandb exports WANDB_SERVICE (its core's socket) once the core runs, and processes that
+        # inherit it log through that core; a killed child then leaves its run id "in use" there,
+        # so resuming it fails. Every logging process gets its own core; children never share ours.
+        os.environ.pop("WANDB_SERVICE", None)
         self._run = wandb.init(
             project=project,
             dir=str(self.run_dir),
@@ -135,6 +139,7 @@ class RunLogger:
             mode=os.environ.get("WANDB_MODE") or "offline",
             settings=settings,
         )
+        os.environ.pop("WANDB_SERVICE", None)  # our live connection does not need it
         self.run_id = self._run.id
 
     # -- logging -------------------------------------------------------------------------------
@@ -170,12 +175,20 @@ class RunLogger:
         for k, v in values.items():
             self._run.summary[k] = _plain(v)
 
-    def finish(self, exit_code: int = 0) -> None:
-        """End the run: exit code 0 marks it finished, anything else crashed. Idempotent."""
+    def finish(self, exit_code: int = 0, wait_s: float = 30.0) -> None:
+        """End the run: exit code 0 marks it finished, anything else crashed. Idempotent.
+
+        wandb's `finish()` returns before wandb-core has written the end of the `.wandb` file
+        (observed: up to ~50 ms later), so a reader in this process could see the run without its
+        exit record. We wait (at most `wait_s`) until the exit record is on disk.
+        """
         if self._run is None or self._finished:
             return
         self._finished = True
+        run_file = self.run_path / f"run-{self.run_id}.wandb" if self.run_path else None
         self._run.finish(exit_code=int(exit_code))
+        if run_file is not None and run_file.exists() and wait_s > 0:
+            _wait_for_exit_record(run_file, wait_s)
 
     # -- context manager: an exception finishes the run as crashed -----------------------------
     def __enter__(self) -> RunLogger:
@@ -187,6 +200,24 @@ class RunLogger:
     @property
     def run_path(self) -> Path | None:
         """The run's own W&B directory (`run_dir/wandb/offline-run-...`), when logging."""
-        if self._run is None:
+        if self._run is None or self._run.disabled:  # WANDB_MODE=disabled writes nothing
             return None
         return Path(self._run.dir).parent
+
+
+def _wait_for_exit_record(path: Path, timeout: float) -> bool:
+    """Poll `path` until it holds an exit record (True) or `timeout` seconds pass (False)."""
+    import time
+
+    from .wandb_records import iter_records
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if any(r.HasField("exit") for r in iter_records(path)):
+                return True
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)

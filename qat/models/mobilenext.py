@@ -23,7 +23,8 @@ Details the paper's tables leave open follow the authors' released code
   is a pair of pointwise convs; a single-block stage with s = 1 and the t = 2 first block keep both;
 - shortcuts are full identity (identity tensor multiplier 1.0);
 - below width 1 the last stage keeps its 1280 channels (as MobileNetV2's head).
-Weights are initialised as in that code (He-normal fan-out convs, N(0, 0.01) classifier).
+Weights are initialised as in that code (He-normal fan-out convs, N(0, 0.01) classifier), and module
+names follow it (`features.<i>.conv.<j>`, `classifier.1`).
 
 The registry's `mobilenext_x1.4` uses width multiplier 1.4 at paper size; the proxy (32 px) variant is
 built from the same class with a different width, stride schedule and stage depth (see registry.py).
@@ -124,8 +125,7 @@ class MobileNeXt(nn.Module):
         self.features = nn.Sequential(*layers)
         self.num_features = inp
         self.global_pool = nn.AdaptiveAvgPool2d(1)
-        self.drop = nn.Dropout(drop_rate)
-        self.classifier = nn.Linear(inp, num_classes)
+        self.classifier = nn.Sequential(nn.Dropout(drop_rate), nn.Linear(inp, num_classes))
         self._initialize_weights()
 
     def _initialize_weights(self) -> None:
@@ -145,5 +145,4 @@ class MobileNeXt(nn.Module):
         return self.features(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.global_pool(self.features(x)).flatten(1)
-        return self.classifier(self.drop(x))
+        return self.classifier(self.global_pool(self.features(x)).flatten(1))

@@ -70,13 +70,10 @@ def resnet18(size: str, num_classes: int, in_chans: int) -> nn.Module:
 # costs (batch 128, 2 CPU threads) are measured by `python -m qat.models.bench`.
 # ---------------------------------------------------------------------------------------------------
 
-def _conv_like(old: nn.Conv2d, in_chans: int | None = None, stride: int | None = None,
-               kernel_size: int | None = None) -> nn.Conv2d:
-    """A fresh Conv2d shaped like `old` with some of (in_chans, stride, kernel_size) changed."""
-    k = kernel_size if kernel_size is not None else old.kernel_size[0]
-    s = stride if stride is not None else old.stride[0]
-    return nn.Conv2d(in_chans if in_chans is not None else old.in_channels, old.out_channels, k, stride=s,
-                     padding=k // 2, groups=old.groups, bias=old.bias is not None)
+def _conv_like(old: nn.Conv2d, in_chans: int, stride: int | None = None) -> nn.Conv2d:
+    """A fresh Conv2d shaped like `old` with `in_chans` inputs (and `stride` if given)."""
+    return nn.Conv2d(in_chans, old.out_channels, old.kernel_size, stride=stride or old.stride,
+                     padding=old.padding, groups=old.groups, bias=old.bias is not None)
 
 
 @register("mobilenetv1")
@@ -155,8 +152,8 @@ def shufflenetv2_1_0(size: str, num_classes: int, in_chans: int) -> nn.Module:
     model = builder(weights=None, num_classes=num_classes)
     conv1 = model.conv1[0]
     if in_chans != conv1.in_channels or size == "proxy":
+        # PyTorch's default init, as torchvision's ShuffleNetV2 uses for every conv
         model.conv1[0] = _conv_like(conv1, in_chans=in_chans, stride=1 if size == "proxy" else None)
-        nn.init.kaiming_normal_(model.conv1[0].weight, mode="fan_out", nonlinearity="relu")
     return model
 
 
@@ -192,10 +189,14 @@ def vgg16(size: str, num_classes: int, in_chans: int) -> nn.Module:
         return timm.create_model("vgg16", pretrained=False, num_classes=num_classes, in_chans=in_chans)
     from timm.layers import ClassifierHead
     from timm.models.vgg import VGG, ConvMlp
-    model = VGG(_VGG16_PROXY_CFG, num_classes=num_classes, in_chans=in_chans)
+    # Built on the meta device: timm's VGG always makes the 4096-wide 7×7 fc6 first (≈43 M parameters,
+    # a second to initialise), which the proxy replaces before any memory is allocated.
+    model = VGG(_VGG16_PROXY_CFG, num_classes=num_classes, in_chans=in_chans, device="meta")
     hidden = 512
-    model.pre_logits = ConvMlp(model.num_features, hidden, kernel_size=1, drop_rate=0.0)
-    model.head = ClassifierHead(hidden, num_classes, pool_type="avg")
+    model.pre_logits = ConvMlp(model.num_features, hidden, kernel_size=1, drop_rate=0.0, device="meta")
+    model.head = ClassifierHead(hidden, num_classes, pool_type="avg", device="meta")
     model.head_hidden_size = hidden
-    model._initialize_weights()
+    model = model.to_empty(device="cpu")
+    assert not list(model.buffers())  # no BatchNorm: every tensor is a Conv2d/Linear parameter
+    model._initialize_weights()       # timm's VGG init: He-normal (fan-out) convs, N(0, 0.01) linear
     return model

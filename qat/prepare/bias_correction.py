@@ -13,7 +13,10 @@ layer l is taken from the model in which the weights of the already corrected la
 quantized (their corrected biases included), so each correction is measured on the input distribution
 the layer will actually see. `sequential=False` measures every layer in one pass on FP inputs.
 Each sequential step stops the forward pass right after the layer's input has been seen (a private
-exception raised in a pre-hook), so the cost is about half of L full passes per batch.
+exception raised in a pre-hook), so the cost is about L/2 forward passes per batch (L layers): the
+proxy MobileNetV2 (53 layers) took 54 s on 4 batches of 128 on a loaded 2-core CPU, against 2.5 s
+for `sequential=False`. Hence `max_batches` (default 4: with batches of 128, a per-channel mean over
+512 samples × all spatial positions).
 
 Activation quantizers are switched off during the measurement (and their range observation too):
 the correction targets the weight error's mean; rounding the activations would add noise (and,
@@ -74,17 +77,22 @@ def _ensure_bias(layer: nn.Module) -> bool:
 
 @torch.no_grad()
 def correct_bias(model: nn.Module, calib_batches: Iterable, *, layers: Iterable[str] | None = None,
-                 sequential: bool = True,
+                 sequential: bool = True, max_batches: int | None = 4,
                  forward: Callable[[nn.Module, torch.Tensor], object] | None = None) -> dict:
     """Empirical bias correction of a converted model (quantizers inserted and initialised), in place.
 
-    `calib_batches`: input tensors (or (input, target) pairs). `layers`: names of the quantized layers
+    `calib_batches`: input tensors (or (input, target) pairs), of which the first `max_batches`
+    (None: all) are used. `layers`: names of the quantized layers
     to correct (default all). `forward(model, batch)`: how to run the model (default `model(batch)`).
     Returns {"layers": n corrected, "biases_added": [names], "mean_abs_correction": {name: float},
     "max_abs_correction": {name: float}, "sequential": bool, "batches": n}.
     """
     run = forward or (lambda m, b: m(b))
-    batches = [_first_tensor(b) for b in calib_batches]
+    batches = []
+    for b in calib_batches:
+        if max_batches is not None and len(batches) >= max_batches:
+            break
+        batches.append(_first_tensor(b))
     if not batches:
         raise ValueError("correct_bias: no calibration batch")
     all_layers = list(quant_layers(model))

@@ -22,17 +22,23 @@ def _bn_replacement(bn: nn.Module) -> nn.Module:
 @torch.no_grad()
 def find_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, str]]:
     """(conv name, bn name) for every BatchNorm fed directly by a conv/linear output."""
-    producer: dict[int, str] = {}
+    # Keep each conv output alive (so its id() cannot be reused by a later tensor) with its version
+    # counter (so a conv output modified in place — conv → ReLU(inplace) → BN — is not taken as direct).
+    producer: dict[int, tuple[str, torch.Tensor, int]] = {}
     pairs: list[tuple[str, str]] = []
+
+    def pre_hook(mod, inp, name):
+        rec = producer.get(id(inp[0]))
+        if rec is not None and rec[1] is inp[0] and rec[2] == inp[0]._version:
+            pairs.append((rec[0], name))
+
     hooks = []
     for name, m in model.named_modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             hooks.append(m.register_forward_hook(
-                lambda mod, inp, out, name=name: producer.__setitem__(id(out), name)))
+                lambda mod, inp, out, name=name: producer.__setitem__(id(out), (name, out, out._version))))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, inp, name=name: pairs.append((producer[id(inp[0])], name))
-                if id(inp[0]) in producer else None))
+            hooks.append(m.register_forward_pre_hook(lambda mod, inp, name=name: pre_hook(mod, inp, name)))
     was_training = model.training
     model.eval()
     try:

@@ -27,12 +27,19 @@ class PrologueOptions:
 
 def float_prologue(model: nn.Module, example_input: torch.Tensor, calib: list[torch.Tensor],
                    opts: PrologueOptions) -> dict:
-    """Steps 1–2 on the FP model, in place: BN folding, then CLE with high-bias absorption."""
+    """Steps 1–2 on the FP model, in place: BN folding, then CLE with high-bias absorption.
+
+    BN's (β, γ) are captured before folding so that absorption uses SPEC's max(0, β − 3|γ|).
+    """
+    bn_stats = None
+    if opts.cle:
+        from .cle import absorb_high_bias, capture_bn_stats, equalize
+        bn_stats = capture_bn_stats(model, example_input)
     report = {"bn_folded": fold_batchnorm(model, example_input)}
     if opts.cle:
-        from .cle import absorb_high_bias, equalize
-        report["cle"] = equalize(model, example_input)
-        report["bias_absorption"] = absorb_high_bias(model, calib[0] if calib else example_input)
+        report["cle"] = equalize(model, example_input, bn_stats=bn_stats)
+        report["bias_absorption"] = absorb_high_bias(model, example_input, bn_stats=bn_stats,
+                                                     pairs=report["cle"]["pairs"], calib_batches=calib[:4] or None)
     return report
 
 
@@ -47,7 +54,7 @@ def quantize_prologue(model: nn.Module, bits: int, calib: list[torch.Tensor], op
     report = {"calib_batches": calibrate_activations(model, calib, forward)}
     if opts.bias_correction:
         from .bias_correction import correct_bias
-        report["bias_correction"] = correct_bias(model, calib)
+        report["bias_correction"] = correct_bias(model, calib, forward=forward)
     set_gradient_mode(model, pulse_delta, dist_k)
     return report
 

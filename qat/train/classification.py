@@ -90,7 +90,7 @@ class Trainer:
             if not cfg.data:
                 raise ValueError("the paper preset needs --data pointing at an ImageNet ImageFolder (train/, val/)")
             self.train_data, self.calib_data, self.test_data = imagenet_data(
-                cfg.data, self.batch_size, cfg.seed, cfg.calib_split, train_subset=cfg.train_subset)
+                cfg.data, self.batch_size, cfg.seed, cfg.calib_split, workers=cfg.workers, train_subset=cfg.train_subset)
         else:
             subset = cfg.train_subset if cfg.train_subset is not None else \
                 (_fp_subset(cfg) if cfg.is_fp else p("train_subset"))
@@ -174,6 +174,8 @@ class Trainer:
         report = {"fp_top1": self.evaluate(model)["top1"]}
         report["prologue"] = float_prologue(model, calib[0], calib, opts)
         report["fp_top1_prologue"] = self.evaluate(model)["top1"]  # after BN fold + CLE (ReLU6→ReLU)
+        cle = report["prologue"].get("cle", {})
+        report.update({f"cle_{k}": cle[k] for k in ("pairs_kept", "pairs_reverted", "relu6_replaced") if k in cle})
         m = c.methods
         report["quantize"] = quantize_prologue(model, c.bits, calib, opts, per_channel=recipe.per_channel,
                                                pulse_delta=m.pulse_delta if recipe.scalegrad else None,
@@ -304,6 +306,8 @@ class Trainer:
                     print(f"[qat] {c.run_name} epoch {epoch + 1}/{epochs}: train loss {train_metrics['train/loss']:.4f}"
                           f" top-1 {val['top1']:.2f}%", flush=True)
                 payload = self.checkpoint_payload(model, optimizer, scheduler, hooks, state, epoch + 1, report)
+                if self.logger is not None:
+                    self.logger.commit()  # the epoch's row reaches disk before the checkpoint says it is done
                 if is_main():
                     ckpt.save(payload, self.run_dir / "checkpoint.pt")
                     if not c.is_fp and epoch + 1 == tau_epoch:
@@ -423,6 +427,7 @@ class Trainer:
             result["fp_top1"] = report.get("fp_top1")
             result["fp_top1_prologue"] = report.get("fp_top1_prologue")
             result["init_top1"] = report.get("init_top1")
+            result.update({k: v for k, v in report.items() if k.startswith("cle_")})
             for h in hooks:
                 result.update({k: v for k, v in h.epoch_metrics(state).items() if not k.startswith("osc/") or
                                k == "osc/fraction_oscillating"})

@@ -1,0 +1,282 @@
+"""Detection runs by name: `train_detector(...)` and `python -m qat.detection` (FP pretraining and QAT).
+
+A run is (detector, recipe, bits, seed, preset). The `smoke` and `proxy` presets train on FMNIST-Det
+(generated and cached on first use, see docs/FMNIST_DET.md); `paper` takes an Ultralytics COCO data
+yaml (`--data`), the COCO val annotations (`--val-json`) and a local FP checkpoint (`--fp-checkpoint`).
+QAT needs an FP model: for the proxy presets it is trained once and cached under
+checkpoints/fp/{detector}-det-{preset}-{data digest}.pt (this module trains it when missing).
+
+Run directory: runs/{table}/{detector}/{recipe}/w{b}a{b}/s{seed} (FP: .../fp/s{seed}), holding the
+Ultralytics run (weights/qat_*.pt checkpoints, results.csv), the W&B run, and `result.json`, written
+last: a run whose result.json exists is not run again. Recipes that branch (SPEC: scalegrad+ead from
+scalegrad at τ; adaround / step-only from a trained model) start from the parent run's checkpoint and
+run the parent first when it is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from ..config import fp_cache_path, runs_root
+from ..prepare.pipeline import PrologueOptions
+from ..recipes import RECIPES, MethodConfig, get_recipe
+
+# Budgets per preset. The data set of the FMNIST-Det presets is the FMNIST-Det preset of the same name.
+DET_PRESETS: dict[str, dict] = {
+    # Seconds to minutes on a CPU: proves every path runs (tests, CI).
+    "smoke": dict(dataset="fmnist-det", fmnist_det="smoke", imgsz=64, batch=8, fp_epochs=1, fp_lr=0.01, fp_warmup_epochs=0,
+                  qat_epochs=2, qat_lr=1e-3, calib_batches=2, afw_epochs=0.5, qc_epochs=0.5,
+                  adaround_iterations=10, step_only_epochs=0.5, close_mosaic=0),
+    # FMNIST-Det proxy (4000 train / 500 val images, 128 px) on a 2-core CPU.
+    "proxy": dict(dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch=16, fp_epochs=4, fp_lr=0.01, fp_warmup_epochs=1,
+                  qat_epochs=5, qat_lr=1e-3, calib_batches=16, afw_epochs=0.5, qc_epochs=1,
+                  adaround_iterations=300, step_only_epochs=1, close_mosaic=2),
+    # The same data with the budgets one GPU affords.
+    "proxy-gpu": dict(dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch=64, fp_epochs=100, fp_lr=0.01, fp_warmup_epochs=3,
+                      qat_epochs=30, qat_lr=1e-3, calib_batches=32, afw_epochs=3, qc_epochs=1,
+                      adaround_iterations=2000, step_only_epochs=2, close_mosaic=5),
+    # The paper (§V): COCO 2017, SGD lr 1e-3 momentum 0.9 wd 1e-5, 80 ScaleGrad + 20 EAD epochs + 10 AFW;
+    # FP weights from a local checkpoint (ours or an Ultralytics .pt).
+    "paper": dict(dataset="coco", fmnist_det=None, imgsz=640, batch=64, fp_epochs=None, fp_lr=None, fp_warmup_epochs=3,
+                  qat_epochs=100, qat_lr=1e-3, calib_batches=32, afw_epochs=10, qc_epochs=1,
+                  adaround_iterations=10000, step_only_epochs=1, close_mosaic=10),
+}
+
+
+@dataclasses.dataclass
+class DetectionConfig:
+    model: str = "yolov8n"
+    recipe: str = "lsq"                  # or "fp" for FP pretraining
+    bits: int = 4
+    seed: int = 0
+    preset: str = "proxy"
+    table: str = "adhoc"
+    data: str | None = None              # Ultralytics data yaml (paper preset); FMNIST-Det otherwise
+    val_json: str | None = None          # COCO ground truth of the val split (default: the yaml's val_json)
+    fp_checkpoint: str | None = None
+    out: str | None = None
+    device: str = ""                     # Ultralytics device string: "" = auto, "cpu", "0", "0,1"
+    wandb: bool = True
+    quantize_first_last: bool = False
+    first_last_bits: int = 8
+    cle: bool = False                    # CLE needs ReLU-like activations; YOLO has SiLU
+    bias_correction: bool = True
+    epochs: int | None = None
+    lr: float | None = None
+    batch: int | None = None
+    imgsz: int | None = None
+    fraction: float = 1.0                # share of the training images used per epoch (Ultralytics)
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    ead_fraction: float = 0.2
+    max_iterations: int | None = None
+    fig1_iterations: int = 200
+    workers: int = 0
+    methods: MethodConfig = dataclasses.field(default_factory=MethodConfig)
+
+    def preset_value(self, key):
+        return DET_PRESETS[self.preset][key]
+
+    @property
+    def is_fp(self) -> bool:
+        return self.recipe == "fp"
+
+    @property
+    def run_name(self) -> str:
+        if self.is_fp:
+            return f"{self.table}/{self.model}/fp/s{self.seed}"
+        return f"{self.table}/{self.model}/{self.recipe}/w{self.bits}a{self.bits}/s{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) if self.out else runs_root() / self.run_name
+
+
+def validate_config(c: DetectionConfig) -> None:
+    from .ultralytics_qat import DETECTORS
+    if c.model not in DETECTORS:
+        raise ValueError(f"unknown detector {c.model!r}; choose from: {', '.join(DETECTORS)}")
+    if c.preset not in DET_PRESETS:
+        raise ValueError(f"unknown preset {c.preset!r}; choose from: {', '.join(DET_PRESETS)}")
+    if not c.is_fp:
+        get_recipe(c.recipe)
+        if not isinstance(c.bits, int) or not 2 <= c.bits <= 8:
+            raise ValueError(f"bits must be an integer between 2 and 8, got {c.bits!r}")
+
+
+def dataset_for(c: DetectionConfig) -> tuple[str, str | None, str]:
+    """(data yaml, val COCO json, short digest of the data) of a run."""
+    if c.data:
+        if not Path(c.data).is_file():
+            raise FileNotFoundError(f"data yaml not found: {c.data}")
+        return c.data, c.val_json, _digest(Path(c.data).resolve().as_posix())
+    name = c.preset_value("fmnist_det")
+    if name is None:
+        raise ValueError(f"the {c.preset} preset needs --data (an Ultralytics COCO data yaml) and --val-json")
+    from ..data.fmnist_det import build_fmnist_det
+    ds = build_fmnist_det(name)
+    return str(ds.yaml), c.val_json or str(ds.coco_json("val")), ds.config.digest()[:8]
+
+
+def _digest(text: str) -> str:
+    import hashlib
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def fp_detector_path(c: DetectionConfig, data_digest: str) -> Path:
+    return fp_cache_path(f"{c.model}-det", f"{c.preset}-{data_digest}")
+
+
+def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
+    """Run one detection run (FP pretraining or QAT with a recipe) and return its result dict.
+
+    Example: `train_detector(model="yolov8n", recipe="scalegrad+ead+afw", bits=4, preset="proxy")`.
+    Results are in % (`map` = mAP@[.5:.95], `map50`), with `fp_map` (FP model), `fp_map_prologue`
+    (after the BN fold), `init_map` (after quantizer init) and `map_trained` (before post steps).
+    """
+    c = replace(cfg, **kwargs) if cfg is not None else DetectionConfig(**kwargs)
+    validate_config(c)
+    done = c.run_dir / "result.json"
+    if done.is_file():
+        print(f"[qat] {c.run_name}: finished already ({done})", flush=True)
+        return json.loads(done.read_text())
+    data_yaml, val_json, digest = dataset_for(c)
+    init_from = None
+    fp_ckpt = c.fp_checkpoint
+    if not c.is_fp:
+        recipe = get_recipe(c.recipe)
+        last = c.run_dir / "weights" / "qat_last.pt"
+        if last.is_file():
+            init_from = ("resume", str(last))
+        elif recipe.branch_from is not None:
+            init_from = _parent_checkpoint(c, *recipe.branch_from)
+        if fp_ckpt is None and init_from is None:
+            fp_ckpt = str(fp_detector_path(c, digest))
+            if not Path(fp_ckpt).is_file():
+                if c.preset_value("fp_epochs") is None:
+                    raise FileNotFoundError(f"the {c.preset} preset needs --fp-checkpoint (trained FP weights)")
+                print(f"[qat] no cached FP detector at {fp_ckpt}: training it first", flush=True)
+                train_detector(replace(c, recipe="fp", out=None, table="fp", epochs=None, lr=None,
+                                       max_iterations=None))
+        if fp_ckpt is not None and not Path(fp_ckpt).is_file():
+            raise FileNotFoundError(f"FP checkpoint not found: {fp_ckpt}")
+
+    from .ultralytics_qat import DETECTORS, DetectionRun, QATDetectionTrainer
+    p = c.preset_value
+    m = c.methods
+    if not c.is_fp:  # post-step budgets left unset take the preset's value
+        budgets = ("afw_epochs", "qc_epochs", "adaround_iterations", "step_only_epochs")
+        m = replace(m, **{k: p(k) for k in budgets if getattr(m, k) is None})
+    run = DetectionRun(
+        recipe=c.recipe, bits=c.bits, methods=m,
+        prologue=PrologueOptions(cle=c.cle, bias_correction=c.bias_correction,
+                                 quantize_first_last=c.quantize_first_last, first_last_bits=c.first_last_bits,
+                                 calib_batches=p("calib_batches")),
+        fp_checkpoint=fp_ckpt, init_from=init_from,
+        save_fp_to=str(fp_detector_path(c, digest)) if c.is_fp and c.out is None else
+        (str(c.run_dir / "fp.pt") if c.is_fp else None),
+        val_json=val_json, ead_fraction=c.ead_fraction, max_iterations=c.max_iterations,
+        fig1_iterations=c.fig1_iterations, wandb=c.wandb, name=c.run_name, group=c.table,
+        tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
+        config={"detection_config": _jsonable(dataclasses.asdict(c))})
+    epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
+    lr = c.lr or p("fp_lr" if c.is_fp else "qat_lr")
+    overrides = dict(model=DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
+                     batch=c.batch or p("batch"), lr0=lr, seed=c.seed, device=c.device or None,
+                     workers=c.workers, project=str(c.run_dir.parent), name=c.run_dir.name, exist_ok=True,
+                     close_mosaic=p("close_mosaic"), fraction=c.fraction, deterministic=True)
+    if c.is_fp:  # Ultralytics' own recipe (optimizer "auto", its weight decay), a shorter warm-up
+        overrides.update(warmup_epochs=p("fp_warmup_epochs"))
+    else:
+        overrides.update(weight_decay=c.weight_decay, momentum=c.momentum)
+    if c.device in ("", None):
+        overrides.pop("device")
+    t0 = time.time()
+    trainer = QATDetectionTrainer.bind(run)(overrides=overrides)
+    trainer.train()
+    result = {"model": c.model, "recipe": c.recipe, "bits": None if c.is_fp else c.bits, "seed": c.seed,
+              "preset": c.preset, "table": c.table, "epochs": epochs, **trainer.results,
+              "wall_s": time.time() - t0}
+    c.run_dir.mkdir(parents=True, exist_ok=True)
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def _parent_checkpoint(c: DetectionConfig, parent_recipe: str, point: str) -> tuple[str, str]:
+    parent = replace(c, recipe=parent_recipe, out=None)
+    if c.out:  # keep ad-hoc output trees self-contained
+        parent = replace(parent, out=str(Path(c.out).parent / parent_recipe.replace("/", "_")))
+    path = parent.run_dir / "weights" / ("qat_tau.pt" if point == "tau" else "qat_trained.pt")
+    if not path.is_file():
+        print(f"[qat] {c.recipe} branches from {parent_recipe} at {point}: running it first", flush=True)
+        train_detector(parent)
+    if not path.is_file():
+        raise FileNotFoundError(f"parent run {parent.run_dir} left no {path.name}")
+    return ("tau" if point == "tau" else "end", str(path))
+
+
+def _jsonable(d):
+    return json.loads(json.dumps(d, default=str))
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        sys.stderr.write(f"error: {message}\n")
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .ultralytics_qat import DETECTORS
+    p = _Parser(prog="python -m qat.detection", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = DetectionConfig()
+    p.add_argument("--model", default=d.model, choices=sorted(DETECTORS))
+    p.add_argument("--recipe", default=d.recipe, choices=["fp"] + sorted(RECIPES), metavar="NAME",
+                   help=f"fp or one of: {', '.join(sorted(RECIPES))}")
+    p.add_argument("--preset", default=d.preset, choices=sorted(DET_PRESETS))
+    for f in dataclasses.fields(DetectionConfig):
+        if f.name in ("model", "recipe", "preset", "methods"):
+            continue
+        default = getattr(d, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = {"epochs": int, "batch": int, "imgsz": int, "max_iterations": int, "lr": float,
+                    "bits": int, "seed": int, "first_last_bits": int, "workers": int, "fig1_iterations": int,
+                    "fraction": float, "weight_decay": float, "momentum": float, "ead_fraction": float}.get(f.name, str)
+            p.add_argument(flag, type=kind, default=default)
+    g = p.add_argument_group("method hyper-parameters (SPEC defaults)")
+    for f in dataclasses.fields(MethodConfig):
+        if f.name == "extra":
+            continue
+        g.add_argument("--" + f.name.replace("_", "-"), type=int if f.name == "adaround_iterations" else float,
+                       default=f.default)
+    return p
+
+
+def main(argv=None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    names = {f.name for f in dataclasses.fields(MethodConfig)}
+    cfg = DetectionConfig(**{k: v for k, v in args.items() if k not in names},
+                          methods=MethodConfig(**{k: v for k, v in args.items() if k in names}))
+    from ..train.checkpoint import CheckpointError
+    from .ultralytics_qat import NonFiniteLoss
+    try:
+        result = train_detector(cfg)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 2
+    except NonFiniteLoss as e:
+        sys.stderr.write(f"error: {e}\n")
+        return 1
+    print(json.dumps(result, indent=1))
+    return 0

@@ -1,0 +1,119 @@
+"""Launch a table's experiments from its config (`experiments/<table>/config.yaml`).
+
+Every (model, bits, seed, recipe) becomes one `python -m qat.train` (classification) or
+`python -m qat.detection` (detection) run in its own process: a finished run is skipped, a killed one
+resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (parents
+are ordered first). One progress bar with an ETA covers the whole table. A failed run is reported and
+the launcher goes on; it exits non-zero at the end if any run failed, and the table maker then shows
+that cell as missing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from tqdm.auto import tqdm
+
+from .config import REPO, runs_root
+
+DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s", "yolox_nano", "yolox_tiny", "ssd_mobilenetv2"}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    table: str
+    model: str
+    recipe: str
+    bits: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.table}/{self.model}/{self.recipe}/w{self.bits}a{self.bits}/s{self.seed}"
+
+    @property
+    def finished(self) -> bool:
+        return (runs_root() / self.name / "result.json").is_file()
+
+
+def load_config(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"experiment config not found: {path}")
+    cfg = yaml.safe_load(path.read_text())
+    for key in ("table", "models", "recipes", "bits"):
+        if key not in cfg:
+            raise ValueError(f"{path}: missing key {key!r}")
+    return cfg
+
+
+def plan(cfg: dict, seeds: list[int], models: list[str] | None = None) -> list[RunSpec]:
+    """Runs in an order where every branch's parent comes first (the config lists recipes in that order)."""
+    chosen = models or cfg["models"]
+    return [RunSpec(cfg["table"], m, r, b, s) for m in chosen for b in cfg["bits"] for s in seeds for r in cfg["recipes"]]
+
+
+def command(spec: RunSpec, preset: str, device: str, extra: list[str]) -> list[str]:
+    module = "qat.detection" if spec.model in DETECTORS else "qat.train"
+    return [sys.executable, "-m", module, "--model", spec.model, "--recipe", spec.recipe, "--bits", str(spec.bits),
+            "--seed", str(spec.seed), "--preset", preset, "--table", spec.table, "--device", device, "--resume", *extra]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("config", type=Path)
+    p.add_argument("--preset", default=os.environ.get("PRESET", "proxy"))
+    p.add_argument("--seeds", default=os.environ.get("SEEDS"), help="space/comma separated; default: the config's")
+    p.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
+    p.add_argument("--models", default=os.environ.get("MODELS"), help="restrict to these models (comma separated)")
+    p.add_argument("--dry-run", action="store_true")
+    args, extra = p.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in (args.seeds.replace(",", " ").split() if args.seeds else cfg.get("seeds", [0]))]
+    models = args.models.split(",") if args.models else None
+    runs = plan(cfg, seeds, models)
+    extra = list(cfg.get("extra_args", {}).get(args.preset, [])) + extra
+    todo = [r for r in runs if not r.finished]
+    print(f"[{cfg['table']}] preset {args.preset}: {len(runs)} runs, {len(runs) - len(todo)} finished already",
+          flush=True)
+    if args.dry_run:
+        for r in runs:
+            print(("done " if r.finished else "todo ") + " ".join(command(r, args.preset, args.device, extra)))
+        return 0
+    failed = []
+    log_dir = runs_root() / cfg["table"] / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=len(todo), desc=cfg["table"], unit="run", dynamic_ncols=True) as bar:
+        for r in todo:
+            if r.finished:  # a branch may have trained its parent already
+                bar.update(1)
+                continue
+            bar.set_postfix_str(r.name)
+            log = log_dir / (r.name.replace("/", "__") + ".log")
+            t0 = time.time()
+            with open(log, "a") as f:
+                proc = subprocess.run(command(r, args.preset, args.device, extra), cwd=REPO, stdout=f,
+                                      stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+            if proc.returncode != 0:
+                failed.append(r.name)
+                tqdm.write(f"[{cfg['table']}] FAILED {r.name} (exit {proc.returncode}); log: {log}")
+            else:
+                tqdm.write(f"[{cfg['table']}] done {r.name} in {time.time() - t0:.0f} s")
+            bar.update(1)
+    if failed:
+        print(f"[{cfg['table']}] {len(failed)} run(s) failed: " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Table V: ablation of ScaleGrad, EAD, AFW (AdaRound in place of AFW) on YOLOv8-n, YOLOv9-t, MobileNetV2."""
+from common import fmt, load_runs, paper_value, parse_args, seed_values, write_outputs, fp_values
+
+TABLE = "table5"
+MODELS = [("yolov8n", "YOLOv8-n (mAP)", "map"), ("yolov9t", "YOLOv9-t (mAP)", "map"),
+          ("mobilenetv2", "MobileNetV2 (top-1)", "top1")]
+ROWS = [("lsq", "-", "-", "-", "-"), ("scalegrad", "✓", "-", "-", "-"), ("scalegrad+ead", "✓", "✓", "-", "-"),
+        ("scalegrad+ead+adaround", "✓", "✓", "-", "✓"), ("scalegrad+ead+afw", "✓", "✓", "✓", "-")]
+
+
+def main(argv=None):
+    args = parse_args(TABLE, argv)
+    runs = load_runs(args, TABLE)
+    header = ["ScaleGrad", "EAD", "AFW", "AdaRound", "Bits a/w"]
+    for _, label, _ in MODELS:
+        header += [label] + (["paper"] if args.with_paper else [])
+    rows = []
+    for bits in (4, 3):
+        for recipe, *marks in ROWS:
+            row = marks + [str(bits)]
+            for model, _, key in MODELS:
+                row.append(fmt(seed_values(runs, TABLE, model, recipe, bits, key)))
+                if args.with_paper:
+                    v = paper_value(TABLE, model, recipe, bits)
+                    row.append("" if v is None else f"{v:.1f}")
+            rows.append(row)
+    fp = ["FP", "", "", "", "32"]
+    for model, _, key in MODELS:
+        fp.append(fmt(fp_values(runs, TABLE, model, "fp_map" if key == "map" else "fp_top1")))
+        if args.with_paper:
+            fp.append("")
+    rows.append(fp)
+    notes = ["Our numbers: mean ± std over seeds of finished runs (n = seeds); 'missing' = no finished run.",
+             "Preset and budgets: see the runs' configs; proxy numbers are Fashion-MNIST / FMNIST-Det, not ImageNet / COCO."]
+    if args.with_paper:
+        notes.append("'paper' columns: the paper's reported ImageNet top-1 / COCO mAP (tables/paper_results.yaml).")
+    write_outputs(TABLE, header, rows, args.out, "Table V — ablation", notes)
+
+
+if __name__ == "__main__":
+    main()

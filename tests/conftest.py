@@ -1,0 +1,21 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: long-running test, deselect with -m 'not slow'")
+
+
+@pytest.fixture(scope="session")
+def smoke_env(tmp_path_factory):
+    """Environment whose cached FP checkpoints live in a session temp dir; the smoke FP MobileNetV2 is
+    trained there once (a few seconds) and shared by every training test."""
+    from helpers import run_train, tool_env
+    tmp = tmp_path_factory.mktemp("smoke")
+    env = tool_env(tmp, QAT_CHECKPOINTS=tmp / "checkpoints")
+    run_train(["--recipe", "fp", "--preset", "smoke", "--no-wandb", "--table", "fp"], env)
+    return env

@@ -1,0 +1,165 @@
+"""Ultralytics detectors under QAT: conversion coverage, no-op fuse, a smoke run, hooks inside the trainer."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
+from qat.modules import QuantConv2d, convert, quant_layers
+from qat.prepare.bn_fold import fold_batchnorm
+from qat.prepare.pipeline import PrologueOptions
+from qat.recipes import MethodConfig
+
+pytest.importorskip("ultralytics")
+
+from qat.detection.ultralytics_qat import (DetectionRun, QATDetectionTrainer, build_detector, dfl_convs,  # noqa: E402
+                                           high_precision_layers)
+
+TINY = FMNISTDetConfig(train_size=16, val_size=8, canvas=64, min_size=12, max_size=40, seed=1)
+NO_DATA_PREP = PrologueOptions(cle=False, bias_correction=False, calib_batches=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return build_fmnist_det(TINY, tmp_path_factory.mktemp("fmnist_det"))
+
+
+def quantized(name: str, bits: int = 4):
+    torch.manual_seed(0)
+    model = build_detector(name, nc=10).eval()
+    x = torch.rand(1, 3, 64, 64)
+    n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert fold_batchnorm(model, x) == n_bn
+    convert(model, bits, exclude=dfl_convs(model), high_precision=high_precision_layers(model))
+    for _, layer in quant_layers(model):  # any step > 0 will do for structural checks
+        layer.weight_quant.init_step(layer.weight)
+        layer.input_quant.step.data.fill_(0.05)
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("name", ["yolov8n", "yolov9t"])
+def test_bn_fold_keeps_the_fp_output(name):
+    torch.manual_seed(0)
+    model = build_detector(name, nc=10).eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    x = torch.rand(2, 3, 64, 64)
+    ref = model(x)[0]
+    fold_batchnorm(model, x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert torch.allclose(model(x)[0], ref, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["yolov8n", "yolov9t"])
+def test_conversion_covers_every_conv_but_the_dfl(name):
+    model, _ = quantized(name)
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    plain = [n for n, m in convs if not isinstance(m, QuantConv2d)]
+    assert plain == dfl_convs(model) == ["model.22.dfl.conv"]
+    high = set(high_precision_layers(model))
+    assert len(high) == 7 and "model.0.conv" in high  # first conv + 3 box + 3 class outputs
+    for n, m in convs:
+        if isinstance(m, QuantConv2d):
+            assert m.weight_quant.bits == m.input_quant.bits == (8 if n in high else 4), n
+    assert not model.model[-1].dfl.conv.weight.requires_grad
+
+
+@pytest.mark.parametrize("name", ["yolov8n", "yolov9t"])
+def test_fuse_leaves_the_quantized_model_unchanged(name):
+    model, x = quantized(name)
+    before = copy.deepcopy(model.state_dict())
+    modules = [type(m) for m in model.modules()]
+    out = model(x)[0]
+    assert model.fuse() is model
+    assert [type(m) for m in model.modules()] == modules
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k in before:  # tensors, and the quantizers' extra state (bits, signedness)
+        assert torch.equal(before[k], after[k]) if torch.is_tensor(before[k]) else before[k] == after[k], k
+    assert torch.equal(model(x)[0], out)
+
+
+def run_trainer(data, tmp_path, run: DetectionRun, epochs=1, **overrides):
+    trainer = QATDetectionTrainer.bind(run)(overrides=dict(
+        model="yolov8n.yaml", data=str(data.yaml), epochs=epochs, imgsz=64, batch=8, device="cpu", workers=0,
+        project=str(tmp_path), name="run", seed=0, close_mosaic=0, **overrides))
+    return trainer
+
+
+def test_smoke_qat_run_reports_map(tiny_data, tmp_path):
+    run = DetectionRun(recipe="lsq", bits=4, prologue=NO_DATA_PREP, wandb=False, name="t/yolov8n/lsq/w4a4/s0")
+    trainer = run_trainer(tiny_data, tmp_path, run)
+    trainer.train()
+    r = trainer.results
+    for key in ("fp_map", "fp_map_prologue", "init_map", "map_trained", "map", "map50"):
+        assert 0.0 <= r[key] <= 100.0, key
+    assert r["prologue/bn_folded"] == 57
+    assert trainer.state.iteration == trainer.state.total_iterations == 2
+    assert (trainer.wdir / "qat_last.pt").is_file() and (trainer.wdir / "qat_trained.pt").is_file()
+    # the step sizes are in the SGD group without weight decay
+    step_group = next(g for g in trainer.optimizer.param_groups if g["param_group"] == "step")
+    assert step_group["weight_decay"] == 0.0 and len(step_group["params"]) == 2 * 63
+
+
+def test_ead_fires_after_tau_in_the_detection_trainer(tiny_data, tmp_path):
+    # 2 epochs × 2 iterations, τ = epoch 1 = iteration 2: EAD must act on iterations 3 and 4 only.
+    run = DetectionRun(recipe="scalegrad+ead", bits=4, prologue=NO_DATA_PREP, wandb=False, ead_fraction=0.5,
+                       eval_fp=False)
+    trainer = run_trainer(tiny_data, tmp_path, run, epochs=2)
+    seen = []
+
+    def wrap(trainer):
+        from qat.ead import EADHook
+        hook = next(h for h in trainer.hooks if isinstance(h, EADHook))
+        layer = [m for _, m in quant_layers(trainer.state.model) if m.weight_quant.bits == 4][0]
+        original = hook.after_optimizer_step
+
+        def spy(state):
+            raw = layer.weight.detach().clone()
+            active = hook._previous is not None
+            original(state)
+            seen.append((state.iteration + 1, active, not torch.equal(raw, layer.weight)))
+        hook.after_optimizer_step = spy
+
+    trainer.add_callback("on_train_start", wrap)
+    trainer.train()
+    assert [(t, a) for t, a, _ in seen] == [(1, False), (2, False), (3, True), (4, True)]
+    assert all(changed == active for _, active, changed in seen)
+    # ScaleGrad's gradient mode reached the quantizers
+    layer = next(m for _, m in quant_layers(trainer.state.model))
+    assert layer.weight_quant.pulse_delta == 0.1 and layer.weight_quant.dist_k == 1.0
+
+
+def test_frozen_weights_keep_their_codes(tiny_data, tmp_path):
+    # The Freeze recipe's state inside the detection trainer: half of one layer's weights are frozen at
+    # the start; through training their codes must not change, and their latent values get no task
+    # gradient (only the tiny weight decay moves them) while the free ones train.
+    run = DetectionRun(recipe="freeze", bits=3, prologue=NO_DATA_PREP, wandb=False, eval_fp=False)
+    trainer = run_trainer(tiny_data, tmp_path, run, epochs=2, lr0=0.1)
+    frozen = {}
+
+    def freeze_half(trainer):
+        layer = [m for _, m in quant_layers(trainer.state.model) if m.weight_quant.bits == 3][1]
+        wq = layer.weight_quant
+        mask = torch.rand(layer.weight.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+        wq.frozen.freeze(mask, wq.codes(layer.weight))
+        frozen.update(layer=layer, mask=mask, codes=wq.codes(layer.weight).clone(), history=[],
+                      latent=layer.weight.detach().clone())
+
+    def record(trainer):
+        layer = frozen["layer"]
+        frozen["history"].append(layer.weight_quant.frozen.codes_with_frozen(layer.weight_quant.codes(layer.weight)))
+
+    trainer.add_callback("on_train_start", freeze_half)
+    trainer.add_callback("on_train_batch_end", record)
+    trainer.train()
+    mask, codes = frozen["mask"], frozen["codes"]
+    assert len(frozen["history"]) == 4
+    for now in frozen["history"]:
+        assert torch.equal(now[mask], codes[mask])
+    moved = (frozen["layer"].weight.detach() - frozen["latent"]).abs()
+    assert moved[~mask].mean() > 100 * moved[mask].mean()
+    assert "freeze/fraction_frozen" in trainer.results

@@ -1,0 +1,60 @@
+"""Oscillation tracker (SPEC §4) on hand-written integer sequences."""
+import pytest
+import torch
+
+from qat.oscillation import OscillationTracker
+
+
+def run(sequence, momentum=0.5):
+    tracker = OscillationTracker(momentum)
+    for codes in sequence:
+        tracker.update(torch.tensor(codes, dtype=torch.float32))
+    return tracker
+
+
+def test_counts_sign_flips_only():
+    # weight 0: 0→1→0→1 : moves +,−,+ → 2 oscillations
+    # weight 1: 0→1→2→3 : always + → 0
+    # weight 2: 0→1→1→0 : +, (none), − → 1 (the flip is measured against the last NON-zero move)
+    # weight 3: constant → 0
+    t = run([[0, 0, 0, 5], [1, 1, 1, 5], [0, 2, 1, 5], [1, 3, 0, 5]])
+    assert t.count.tolist() == [2, 0, 1, 0]
+
+
+def test_frequency_is_the_ema_of_oscillations():
+    m = 0.5
+    t = run([[0, 0], [1, 0], [0, 0], [1, 0]], momentum=m)
+    # weight 0 oscillates at updates 3 and 4: f = 0 → 0 (update 2) → m → m + (1-m)·m
+    expected = m * 1 + (1 - m) * (m * 1 + (1 - m) * 0)
+    assert t.frequency.tolist() == pytest.approx([expected, 0.0])
+
+
+def test_int_ema_tracks_codes():
+    m = 0.25
+    t = run([[0.0], [4.0]], momentum=m)
+    assert t.int_ema.item() == pytest.approx(m * 4.0)
+
+
+def test_shape_change_is_an_error():
+    t = run([[0, 0]])
+    with pytest.raises(ValueError):
+        t.update(torch.zeros(3))
+
+
+def test_tracker_updates_only_on_training_forwards():
+    from qat.freeze import attach_trackers
+    from qat.modules import convert, quant_layers
+    from qat.prepare.calibrate import calibrate_activations, init_weight_steps
+    torch.manual_seed(0)
+    model = convert(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)), 4,
+                    quantize_first_last=True)
+    init_weight_steps(model)
+    calibrate_activations(model, [torch.randn(2, 3, 8, 8)])
+    attach_trackers(model)
+    layer = next(l for _, l in quant_layers(model))
+    model.eval()
+    model(torch.randn(2, 3, 8, 8))
+    assert layer.weight_quant.tracker.previous is None, "eval forwards must not update the tracker"
+    model.train()
+    model(torch.randn(2, 3, 8, 8))
+    assert layer.weight_quant.tracker.previous is not None
