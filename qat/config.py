@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 PRESETS: dict[str, dict] = {
     # Seconds on a CPU: proves every path runs (tests, CI).
     "smoke": dict(dataset="fashion-mnist", model_size="proxy", batch_size=32, train_subset=256, test_subset=256,
-                  fp_epochs=1, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=2, afw_epochs=0.5,
+                  fp_epochs=2, fp_train_subset=2048, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=2, afw_epochs=0.5,
                   qc_epochs=0.5, adaround_iterations=20, step_only_epochs=0.5, lr_step_fraction=0.5),
     # Fashion-MNIST on a 2-core CPU: FP models trained once (cached), QAT on a 10k-image training subset.
     "proxy": dict(dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=10000, test_subset=None,
@@ -61,6 +61,7 @@ class RunConfig:
     momentum: float = 0.9
     ead_fraction: float = 0.2            # EAD phase = last 20% of QAT epochs (paper 20 of 100)
     max_iterations: int | None = None    # stop after this many optimizer steps (tests, paper smoke)
+    deterministic: bool = False          # bitwise-reproducible resume on CPU (disables oneDNN kernels)
     workers: int = 8                     # data-loader processes (paper preset)
     log_every: int = 20
     fig1_iterations: int = 200           # log Fig. 1 traces over the last N iterations
@@ -81,7 +82,8 @@ class RunConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out) if self.out else runs_root() / self.run_name
+        """runs/{preset}/{run name}: presets never share a run directory."""
+        return Path(self.out) if self.out else runs_root() / self.preset / self.run_name
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -13,14 +13,16 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from tqdm.auto import tqdm
 
-from .config import REPO, runs_root
+from .config import REPO, fp_cache_path, runs_root
 
 DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s", "yolox_nano", "yolox_tiny", "ssd_mobilenetv2"}
 
@@ -32,6 +34,7 @@ class RunSpec:
     recipe: str
     bits: int
     seed: int
+    preset: str = "proxy"
 
     @property
     def name(self) -> str:
@@ -39,7 +42,7 @@ class RunSpec:
 
     @property
     def finished(self) -> bool:
-        return (runs_root() / self.name / "result.json").is_file()
+        return (runs_root() / self.preset / self.name / "result.json").is_file()
 
 
 def load_config(path: Path) -> dict:
@@ -52,10 +55,11 @@ def load_config(path: Path) -> dict:
     return cfg
 
 
-def plan(cfg: dict, seeds: list[int], models: list[str] | None = None) -> list[RunSpec]:
+def plan(cfg: dict, seeds: list[int], preset: str, models: list[str] | None = None) -> list[RunSpec]:
     """Runs in an order where every branch's parent comes first (the config lists recipes in that order)."""
     chosen = models or cfg["models"]
-    return [RunSpec(cfg["table"], m, r, b, s) for m in chosen for b in cfg["bits"] for s in seeds for r in cfg["recipes"]]
+    return [RunSpec(cfg["table"], m, r, b, s, preset) for m in chosen for b in cfg["bits"] for s in seeds
+            for r in cfg["recipes"]]
 
 
 def command(spec: RunSpec, preset: str, device: str, extra: list[str]) -> list[str]:
@@ -71,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=os.environ.get("SEEDS"), help="space/comma separated; default: the config's")
     p.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
     p.add_argument("--models", default=os.environ.get("MODELS"), help="restrict to these models (comma separated)")
+    p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "1")),
+                   help="run this many (model, bits, seed) groups at once (each group stays in order)")
     p.add_argument("--dry-run", action="store_true")
     args, extra = p.parse_known_args(argv)
     try:
@@ -80,7 +86,7 @@ def main(argv=None) -> int:
         return 2
     seeds = [int(s) for s in (args.seeds.replace(",", " ").split() if args.seeds else cfg.get("seeds", [0]))]
     models = args.models.split(",") if args.models else None
-    runs = plan(cfg, seeds, models)
+    runs = plan(cfg, seeds, args.preset, models)
     extra = list(cfg.get("extra_args", {}).get(args.preset, [])) + extra
     todo = [r for r in runs if not r.finished]
     print(f"[{cfg['table']}] preset {args.preset}: {len(runs)} runs, {len(runs) - len(todo)} finished already",
@@ -89,26 +95,44 @@ def main(argv=None) -> int:
         for r in runs:
             print(("done " if r.finished else "todo ") + " ".join(command(r, args.preset, args.device, extra)))
         return 0
-    failed = []
-    log_dir = runs_root() / cfg["table"] / "logs"
+    log_dir = runs_root() / args.preset / cfg["table"] / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    with tqdm(total=len(todo), desc=cfg["table"], unit="run", dynamic_ncols=True) as bar:
-        for r in todo:
-            if r.finished:  # a branch may have trained its parent already
+    groups: dict[tuple, list[RunSpec]] = {}
+    for r in todo:  # runs of one (model, bits, seed) share prefixes, so they run in order
+        groups.setdefault((r.model, r.bits, r.seed), []).append(r)
+    failed: list[str] = []
+    lock = threading.Lock()
+    bar = tqdm(total=len(todo), desc=cfg["table"], unit="run", dynamic_ncols=True)
+
+    def run_group(group: list[RunSpec]) -> None:
+        for r in group:
+            if not r.finished:  # a branch may have trained its parent already
+                log = log_dir / (r.name.replace("/", "__") + ".log")
+                t0 = time.time()
+                with open(log, "a") as f:
+                    proc = subprocess.run(command(r, args.preset, args.device, extra), cwd=REPO, stdout=f,
+                                          stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+                with lock:
+                    if proc.returncode != 0:
+                        failed.append(r.name)
+                        tqdm.write(f"[{cfg['table']}] FAILED {r.name} (exit {proc.returncode}); log: {log}")
+                    else:
+                        tqdm.write(f"[{cfg['table']}] done {r.name} in {time.time() - t0:.0f} s")
+            with lock:
                 bar.update(1)
-                continue
-            bar.set_postfix_str(r.name)
-            log = log_dir / (r.name.replace("/", "__") + ".log")
-            t0 = time.time()
-            with open(log, "a") as f:
-                proc = subprocess.run(command(r, args.preset, args.device, extra), cwd=REPO, stdout=f,
-                                      stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
-            if proc.returncode != 0:
-                failed.append(r.name)
-                tqdm.write(f"[{cfg['table']}] FAILED {r.name} (exit {proc.returncode}); log: {log}")
-            else:
-                tqdm.write(f"[{cfg['table']}] done {r.name} in {time.time() - t0:.0f} s")
-            bar.update(1)
+
+    # FP models first, one at a time: parallel groups must not train the same cached FP model twice.
+    for model in dict.fromkeys(r.model for r in todo if r.model not in DETECTORS):
+        if not fp_cache_path(model, args.preset).is_file() and args.preset != "paper":
+            tqdm.write(f"[{cfg['table']}] training the FP {model} ({args.preset}) first")
+            fp_cmd = [sys.executable, "-m", "qat.train", "--model", model, "--recipe", "fp", "--preset", args.preset,
+                      "--table", "fp", "--device", args.device, "--resume", "--no-wandb"]
+            with open(log_dir / f"fp__{model}.log", "a") as f:
+                subprocess.run(fp_cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                               env={**os.environ, "TQDM_DISABLE": "1"})
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        list(pool.map(run_group, groups.values()))
+    bar.close()
     if failed:
         print(f"[{cfg['table']}] {len(failed)} run(s) failed: " + ", ".join(failed), file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ MISSING = "missing"
 def parse_args(table: str, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=f"Regenerate {table} from the W&B logs of its runs.")
     p.add_argument("--runs", type=Path, default=None, help="local directory with W&B run dirs (default: runs/)")
+    p.add_argument("--preset", default=None, help="which preset's runs (default: $PRESET or proxy)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs through the W&B API instead")
     p.add_argument("--with-paper", action="store_true", help="show the paper's reported numbers beside ours")
     p.add_argument("--out", type=Path, default=REPO / "tables" / "out")
@@ -33,8 +34,9 @@ def load_runs(args, table: str) -> dict:
         records = read_api_runs(args.wandb, filters={"group": table})
     else:
         import os
-        root = args.runs or Path(os.environ.get("QAT_RUNS", REPO / "runs"))
-        records = read_local_runs(root / table if (root / table).is_dir() else root) if root.is_dir() else []
+        preset = args.preset or os.environ.get("PRESET", "proxy")
+        root = args.runs or Path(os.environ.get("QAT_RUNS", REPO / "runs")) / preset / table
+        records = read_local_runs(root) if root.is_dir() else []
     return {name: rec for name, rec in by_name(records).items() if rec.group == table}
 
 

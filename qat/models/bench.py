@@ -57,10 +57,14 @@ def main(argv: list[str] | None = None) -> None:
     for name in names:
         model = build_model(name, "proxy")
         params = sum(p.numel() for p in model.parameters()) / 1e6
+        model.eval()
         fmap = "?"
-        if hasattr(model, "forward_features"):
+        features = getattr(model, "forward_features", None)
+        if features is None and hasattr(model, "conv5"):  # torchvision ShuffleNetV2: the map before pooling
+            features = lambda x: model.conv5(model.stage4(model.stage3(model.stage2(model.maxpool(model.conv1(x))))))  # noqa: E731
+        if features is not None:
             with torch.no_grad():
-                fmap = "×".join(map(str, model.eval().forward_features(torch.zeros(1, *input_shape("proxy"))).shape[-2:]))
+                fmap = "×".join(map(str, features(torch.zeros(2, *input_shape("proxy"))).shape[-2:]))
         times, cpu = time_step(model, args.batch, "proxy", args.steps)
         print(f"| {name} | {params:.2f} | {fmap} | {1000 * statistics.median(times):.0f} | {1000 * min(times):.0f} "
               f"| {1000 * statistics.median(cpu):.0f} |", flush=True)

@@ -10,16 +10,17 @@ Sandglass block (paper Fig. 3(b) / Table 2), input M channels, output N channels
     + identity shortcut (between the wide ends) when s = 1 and M = N.
 
 Network (paper Table 1, width multiplier 1.0; every channel count is scaled by the width multiplier and
-rounded to a multiple of 8): conv 3×3/2 (32) → sandglass stages (t, c, n, s):
+rounded to a multiple of 8): conv 3×3/2 (32, BN, ReLU6) → sandglass stages (t, c, n, s):
 (2, 96, 1, 2), (6, 144, 1, 1), (6, 192, 3, 2), (6, 288, 3, 2), (6, 384, 4, 1), (6, 576, 4, 2),
 (6, 960, 3, 1), (6, 1280, 1, 1) → global average pool → (dropout 0.2) → fully connected to k classes.
 
 Details the paper's tables leave open follow the authors' released code
-(github.com/zhoudaquan/rethinking_bottleneck_design, `mnext.py`), and reproduce the paper's model size:
+(github.com/zhoudaquan/rethinking_bottleneck_design, mirrored at github.com/yitu-opensource/MobileNeXt,
+`mobilenext/codebase/models/mnext.py`; re-implemented here, not copied), and reproduce the paper's model size:
 6.1 M parameters for MobileNeXt-1.4 (the registry test checks 6.0–6.2 M) and 3.4–3.5 M for 1.0:
 - the bottleneck width is M // t, but at least ceil(N/6) rounded to a multiple of 16;
-- the first block of a stage that changes the channel count drops the first depthwise conv (it would
-  work on the narrow input); when it also keeps the resolution (s = 1) it drops the last one too, so it
+- the first block of a stage that changes the channel count drops the first depthwise conv; when it
+  also keeps the resolution (s = 1) it drops the last one too, so it
   is a pair of pointwise convs; a single-block stage with s = 1 and the t = 2 first block keep both;
 - shortcuts are full identity (identity tensor multiplier 1.0);
 - below width 1 the last stage keeps its 1280 channels (as MobileNetV2's head).
@@ -27,7 +28,7 @@ Weights are initialised as in that code (He-normal fan-out convs, N(0, 0.01) cla
 names follow it (`features.<i>.conv.<j>`, `classifier.1`).
 
 The registry's `mobilenext_x1.4` uses width multiplier 1.4 at paper size; the proxy (32 px) variant is
-built from the same class with a different width, stride schedule and stage depth (see registry.py).
+built from the same class with width 0.5 and a stride-1 stem (see registry.py).
 """
 from __future__ import annotations
 

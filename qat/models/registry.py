@@ -116,11 +116,10 @@ def mobilenext_x1_4(size: str, num_classes: int, in_chans: int) -> nn.Module:
     Proxy: width 0.5 instead of 1.4 (the last stage keeps its base 1280 channels, as the authors' code
     does below width 1) and a stride-1 stem, so 32 px end in a 2×2 map (as the MobileNetV2 proxy).
     """
-    from .mobilenext import MOBILENEXT_STAGES, MobileNeXt
+    from .mobilenext import MobileNeXt
     if size == "paper":
         return MobileNeXt(num_classes=num_classes, width_mult=1.4, in_chans=in_chans)
-    return MobileNeXt(num_classes=num_classes, width_mult=0.5, in_chans=in_chans, stem_stride=1,
-                      stages=MOBILENEXT_STAGES)
+    return MobileNeXt(num_classes=num_classes, width_mult=0.5, in_chans=in_chans, stem_stride=1)
 
 
 @register("efficientnet_b0")

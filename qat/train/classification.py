@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,6 @@ class NonFiniteLoss(RuntimeError):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            import os
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
     return torch.device(name)
@@ -79,6 +79,10 @@ class ClassificationTask:
 class Trainer:
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        if cfg.deterministic:
+            # oneDNN picks kernels by memory alignment, so a resumed process can differ in the last bits.
+            torch.backends.mkldnn.enabled = False
+            torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = resolve_device(cfg.device)
         self.rank, self.world = init_distributed(self.device)
         self.run_dir = cfg.run_dir
@@ -355,7 +359,8 @@ class Trainer:
         seen = 0
         fig1_from = state.total_iterations - c.fig1_iterations
         layers = [layer for _, layer in quant_layers(model)]
-        bar = tqdm(self.train_data.epoch(epoch), total=len(self.train_data), disable=not is_main(), leave=False,
+        bar = tqdm(self.train_data.epoch(epoch), total=len(self.train_data), leave=False,
+                   disable=not is_main() or os.environ.get("TQDM_DISABLE", "") not in ("", "0"),
                    desc=f"{c.recipe} ep {epoch + 1}/{epochs}", dynamic_ncols=True)
         t0 = time.time()
         for i, (x, y) in enumerate(bar):

@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""FP pretraining of a proxy detector on FMNIST-Det, cached for every QAT run of that detector and preset.
+
+    python scripts/train_fp_detector.py --model yolov8n --preset proxy
+    python scripts/train_fp_detector.py --model yolov9t --preset proxy --epochs 6
+
+Same as `python -m qat.detection --recipe fp --table fp ...`: the FP32 weights (EMA, as Ultralytics
+evaluates them) go to checkpoints/fp/{model}-det-{preset}-{data digest}.pt, which QAT runs of the same
+preset load; the run itself is under runs/fp/{model}/fp/s{seed}. A finished run is not run again.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from qat.detection.train import main  # noqa: E402
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    if "--recipe" in argv:
+        sys.stderr.write("error: this script only trains FP detectors (use python -m qat.detection for QAT)\n")
+        sys.exit(2)
+    if "--table" not in argv:
+        argv += ["--table", "fp"]
+    sys.exit(main(["--recipe", "fp"] + argv))

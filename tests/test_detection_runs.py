@@ -1,0 +1,71 @@
+"""Whole detection runs through `train_detector`: FP → QAT with branching and post steps, W&B logging,
+the paper preset on a tiny COCO-format set, and the CLI's one-line errors."""
+import json
+
+import pytest
+import torch
+
+from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
+from qat.detection.train import DetectionConfig, main, train_detector
+
+pytest.importorskip("ultralytics")
+
+TINY = FMNISTDetConfig(train_size=16, val_size=8, canvas=64, min_size=12, max_size=40, seed=2)
+
+
+@pytest.fixture()
+def dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_fp_then_ours_branching_from_scalegrad_with_afw_and_wandb(dirs):
+    from qat.logging.run_reader import read_local_runs
+
+    ds = build_fmnist_det(TINY, dirs / "data")
+    cfg = DetectionConfig(model="yolov8n", recipe="scalegrad+ead+afw", bits=4, preset="smoke", data=str(ds.yaml),
+                          table="t", bias_correction=False)
+    result = train_detector(cfg)
+    # FP pretraining ran first and was cached; then the scalegrad parent up to τ; then ours from its τ checkpoint.
+    assert list((dirs / "checkpoints" / "fp").glob("yolov8n-det-smoke-*.pt"))
+    parent = dirs / "runs" / "t" / "yolov8n" / "scalegrad" / "w4a4" / "s0"
+    assert (parent / "weights" / "qat_tau.pt").is_file() and (parent / "result.json").is_file()
+    for key in ("map", "map50", "map_trained", "afw/metric", "afw/weights", "freeze/fraction_frozen"):
+        assert key in result, key
+    assert 0.0 <= result["map"] <= 100.0
+    run_dir = cfg.run_dir
+    assert json.loads((run_dir / "result.json").read_text())["recipe"] == "scalegrad+ead+afw"
+    assert train_detector(cfg) == json.loads((run_dir / "result.json").read_text())  # finished: not rerun
+    records = {r.name: r for r in read_local_runs(run_dir)}
+    rec = records["t/yolov8n/scalegrad+ead+afw/w4a4/s0"]
+    assert rec.finished and "map" in rec.summary and rec.metric("val/map")
+
+
+@pytest.mark.slow
+def test_paper_preset_runs_two_iterations_on_a_tiny_coco_set(dirs):
+    from qat.detection.ultralytics_qat import build_detector
+
+    ds = build_fmnist_det(TINY, dirs / "coco")  # COCO JSON + Ultralytics layout, like a COCO subset
+    fp = dirs / "fp.pt"
+    torch.save({"model": build_detector("yolov8n", nc=10).state_dict()}, fp)
+    cfg = DetectionConfig(model="yolov8n", recipe="lsq", bits=4, preset="paper", data=str(ds.yaml),
+                          val_json=str(ds.coco_json("val")), fp_checkpoint=str(fp), imgsz=64, batch=4,
+                          max_iterations=2, wandb=False, out=str(dirs / "paper_run"))
+    result = train_detector(cfg)
+    last = torch.load(dirs / "paper_run" / "weights" / "qat_last.pt", weights_only=False)
+    assert last["iteration"] == 2 and last["epoch"] == 1
+    assert 0.0 <= result["map"] <= 100.0 and result["epochs"] == 100
+
+
+def test_paper_preset_without_data_is_one_clear_error(dirs, capsys):
+    assert main(["--preset", "paper", "--recipe", "lsq", "--no-wandb"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--data" in err[0]
+
+
+def test_bad_bits_is_one_clear_error(dirs, capsys):
+    assert main(["--bits", "9", "--no-wandb"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: bits must be")
