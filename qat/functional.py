@@ -14,6 +14,9 @@ forces it).
 """
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import torch
 
 from . import kernels
@@ -70,24 +73,27 @@ def _eager_backward(grad_out, x, step, qmin, qmax, grad_scale, pulse_delta, dist
     return grad_x, grad_step
 
 
+def _quantize(x, step, qmin, qmax, grad_scale, pulse_delta, dist_k):
+    """x̂ and the fused kernels' state for backward ((layout, params), or None for the eager path)."""
+    if kernels.fused_enabled():
+        mode = kernels.layout(x, step)
+        if mode is not None:
+            params = kernels.quant_params(qmin, qmax, grad_scale, pulse_delta, dist_k, x.device)
+            try:
+                return kernels.forward(x, step, params, mode), (mode, params)
+            except Exception as err:  # no compiler, unsupported platform, ...: eager from now on
+                kernels.disable(f"{type(err).__name__}: {err}")
+    return _eager_forward(x, step, qmin, qmax), None
+
+
 class _LSQFakeQuant(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, step, qmin, qmax, grad_scale, pulse_delta, dist_k):
         ctx.save_for_backward(x, step)
         ctx.qrange = (qmin, qmax)
         ctx.grad_scale, ctx.pulse_delta, ctx.dist_k = grad_scale, pulse_delta, dist_k
-        ctx.fused = None
-        if kernels.fused_enabled():
-            mode = kernels.layout(x, step)
-            if mode is not None:
-                params = kernels.quant_params(qmin, qmax, grad_scale, pulse_delta, dist_k, x.device)
-                try:
-                    out = kernels.forward(x, step, params, mode)
-                    ctx.fused = (mode, params)
-                    return out
-                except Exception as err:  # no compiler, unsupported platform, ...: eager from now on
-                    kernels.disable(f"{type(err).__name__}: {err}")
-        return _eager_forward(x, step, qmin, qmax)
+        out, ctx.fused = _quantize(x, step, qmin, qmax, grad_scale, pulse_delta, dist_k)
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -120,6 +126,52 @@ def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, gr
     `dist_k`: distance-aware factor exp(-k·Δ) on the input gradient (ScaleGrad, weights), None = off.
     """
     return _LSQFakeQuant.apply(x, step, qmin, qmax, grad_scale, pulse_delta, dist_k)
+
+
+class _Recompute:
+    """What autograd keeps instead of a fake-quantized tensor: the recipe to rebuild it."""
+    __slots__ = ("x", "step", "qmin", "qmax", "version")
+
+    def __init__(self, x, step, qmin, qmax):
+        self.x, self.step, self.qmin, self.qmax = x, step, qmin, qmax
+        self.version = x._version
+
+    def rebuild(self) -> torch.Tensor:
+        if self.x._version != self.version:
+            raise RuntimeError("recompute_quantized_input: the quantizer's input was modified by an in-place "
+                               "operation after the forward; its quantized copy cannot be rebuilt")
+        with torch.no_grad():
+            return _quantize(self.x, self.step, self.qmin, self.qmax, 1.0, None, None)[0]
+
+
+@contextlib.contextmanager
+def recompute_quantized_input(x_hat: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int):
+    """Inside this block, autograd keeps `x_hat = lsq_fake_quant(x, step, qmin, qmax, ...)` as a recipe,
+    (x, a copy of step), not as values, and rebuilds it (one fused pass) when a backward needs it.
+
+    Wrap the consumer of a quantized activation, e.g. `conv2d(x_hat, w_hat)`, which would otherwise
+    keep x_hat for its weight gradient: x itself is already kept (by the quantizer, and usually by
+    the ReLU before it), so the layer then keeps no activation-sized tensor beyond what FP training
+    keeps. Costs one extra forward pass of the quantizer in backward. No effect when x_hat is x (the
+    quantizer disabled or observing), without autograd, or inside other saved-tensor hooks
+    (activation checkpointing, offloading), which keep precedence.
+    """
+    if (x_hat is x or not torch.is_grad_enabled() or not x_hat.requires_grad
+            or not torch._C._autograd._saved_tensors_hooks_is_enabled()
+            or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None):
+        yield
+        return
+    recipe = _Recompute(x.detach(), step.detach().clone(), qmin, qmax)
+    target = weakref.ref(x_hat)  # autograd keeps the hooks with each saved tensor: no strong reference here
+
+    def pack(t):
+        return recipe if t is target() else t
+
+    def unpack(packed):
+        return packed.rebuild() if packed is recipe else packed
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
 
 
 def lsq_grad_scale(elements_per_step: int, qmax: int) -> float:

@@ -40,7 +40,7 @@ def _final_state(run_dir: Path):
 
 
 def test_killed_run_resumes_to_the_same_result(smoke_env, tmp_path):
-    args = QAT + ["--recipe", "scalegrad", "--bits", "3"]
+    args = QAT + ["--recipe", "scalegrad", "--bits", "3", "--deterministic"]
     reference = tmp_path / "reference"
     run_train(args + ["--out", str(reference)], smoke_env)
 

@@ -115,7 +115,14 @@ def dataset_for(c: DetectionConfig) -> tuple[str, str | None, str]:
     if c.data:
         if not Path(c.data).is_file():
             raise FileNotFoundError(f"data yaml not found: {c.data}")
-        return c.data, c.val_json, _digest(Path(c.data).resolve().as_posix())
+        import yaml
+        val_json = c.val_json or (yaml.safe_load(Path(c.data).read_text()) or {}).get("val_json")
+        if not val_json:
+            raise ValueError(f"--val-json is needed: the COCO annotations of the val split of {c.data} "
+                             f"(e.g. annotations/instances_val2017.json)")
+        if not Path(val_json).is_file():
+            raise FileNotFoundError(f"COCO annotations not found: {val_json}")
+        return c.data, val_json, _digest(Path(c.data).resolve().as_posix())
     name = c.preset_value("fmnist_det")
     if name is None:
         raise ValueError(f"the {c.preset} preset needs --data (an Ultralytics COCO data yaml) and --val-json")
@@ -151,8 +158,10 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
     fp_ckpt = c.fp_checkpoint
     if not c.is_fp:
         recipe = get_recipe(c.recipe)
-        last = c.run_dir / "weights" / "qat_last.pt"
-        if last.is_file():
+        trained, last = c.run_dir / "weights" / "qat_trained.pt", c.run_dir / "weights" / "qat_last.pt"
+        if trained.is_file():  # killed in the post steps: redo them from the trained model
+            init_from = ("end", str(trained))
+        elif last.is_file():  # killed while training: continue from the last epoch
             init_from = ("resume", str(last))
         elif recipe.branch_from is not None:
             init_from = _parent_checkpoint(c, *recipe.branch_from)

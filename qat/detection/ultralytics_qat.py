@@ -219,8 +219,13 @@ class QATDetectionTrainer(DetectionTrainer):
         self.logger = RunLogger(self.save_dir, run.name, run.group, list(run.tags), config)
 
     def log(self, metrics: dict, step: int | None = None):
+        """Log at the optimizer-step count (QAT: the hooks' iteration t; FP: epochs × batches so far)."""
         if self.logger is not None:
-            step = (self.state.iteration if self.state is not None else 0) if step is None else step
+            if step is None and self.state is not None:
+                step = self.state.iteration
+            elif step is None:
+                loader = getattr(self, "train_loader", None)
+                step = (self.epoch + 1) * (len(loader) if loader is not None else 1)
             self.logger.log(metrics, step=step)
 
     # --------------------------------------------------------------------------------- model
@@ -281,6 +286,8 @@ class QATDetectionTrainer(DetectionTrainer):
         if len(self._calib_raw) < n:
             batch = max(self.batch_size // max(self.world_size, 1), 1)
             loader = self.get_dataloader(self.data["train"], batch_size=batch, rank=-1, mode="train")
+            if self.args.close_mosaic and self.epochs <= self.args.close_mosaic and hasattr(loader.dataset, "close_mosaic"):
+                loader.dataset.close_mosaic(hyp=copy(self.args))  # training runs without mosaic: so does calibration
             self._calib_raw = []
             for b in loader:
                 self._calib_raw.append({k: v for k, v in b.items()})
@@ -483,8 +490,7 @@ class QATDetectionTrainer(DetectionTrainer):
                 extra.update(h.epoch_metrics(self.state))
             if self.run_spec.log_step_sizes:
                 extra.update(step_size_metrics(unwrap_model(self.model)))
-        row = {**metrics, **extra, "epoch": self.epoch + 1,
-               "time/epoch_s": self.epoch_time or (time.time() - self.epoch_time_start)}
+        row = {**metrics, **extra, "epoch": self.epoch + 1, "time/epoch_s": time.time() - self.epoch_time_start}
         self.log(row)
         LOGGER.info(f"[qat] {self.run_spec.name} epoch {self.epoch + 1}/{self.epochs}: "
                     f"mAP {metrics.get('val/map', float('nan')):.2f} (mAP50 {metrics.get('val/map50', float('nan')):.2f})")

@@ -23,7 +23,7 @@ from ..config import RunConfig, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
 from ..models import build_model
-from ..modules import quant_layers, step_parameters
+from ..modules import quant_layers, set_gradient_mode, step_parameters
 from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
 from ..recipes import get_recipe, make_hooks, make_post_steps
 from . import checkpoint as ckpt
@@ -172,18 +172,19 @@ class Trainer:
         model = self.fp_model()
         calib = self.calib_inputs()
         opts = self.prologue_options()
+        m = c.methods
+        pulse_delta, dist_k = (m.pulse_delta, m.dist_k) if recipe.scalegrad else (None, None)
         if not init:
             build_structure(model, c.bits, calib[0], opts, per_channel=recipe.per_channel)
+            set_gradient_mode(model, pulse_delta, dist_k)  # the recipe's, also when branching from a parent
             return model, {}
         report = {"fp_top1": self.evaluate(model)["top1"]}
         report["prologue"] = float_prologue(model, calib[0], calib, opts)
         report["fp_top1_prologue"] = self.evaluate(model)["top1"]  # after BN fold + CLE (ReLU6→ReLU)
         cle = report["prologue"].get("cle", {})
         report.update({f"cle_{k}": cle[k] for k in ("pairs_kept", "pairs_reverted", "relu6_replaced") if k in cle})
-        m = c.methods
         report["quantize"] = quantize_prologue(model, c.bits, calib, opts, per_channel=recipe.per_channel,
-                                               pulse_delta=m.pulse_delta if recipe.scalegrad else None,
-                                               dist_k=m.dist_k if recipe.scalegrad else None)
+                                               pulse_delta=pulse_delta, dist_k=dist_k)
         report["init_top1"] = self.evaluate(model)["top1"]
         return model, report
 

@@ -1,0 +1,236 @@
+"""The fused (torch.compile) quantizer kernels of `qat.kernels` against the eager reference of
+`qat.functional` (SPEC §1, §2, §4): same forward, input gradient and step gradient within fp32 rounding,
+for LSQ and ScaleGrad, per-tensor and per-channel, weights and activations; the eager fallback when
+forced or when compilation fails; no recompilation across batch sizes and layers; the fused tracker
+update; and the recompute-in-backward of a quantized conv input.
+
+Compilation is slow on a 2-core CPU, so the cases share the few compiled kernel variants.
+"""
+import os
+import weakref
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qat import functional, kernels
+from qat.functional import int_grid, lsq_fake_quant, lsq_grad_scale, recompute_quantized_input
+from qat.oscillation import OscillationTracker
+
+pytestmark = pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile unsupported")
+
+
+@pytest.fixture(autouse=True)
+def _fused_on(monkeypatch):
+    monkeypatch.setenv("QAT_FUSED", "1")
+    kernels.reset()
+    yield
+    kernels.reset()
+
+
+def _run(x, step, *args, fused: bool, need_x=True, need_step=True):
+    os.environ["QAT_FUSED"] = "1" if fused else "0"
+    xg = x.clone().requires_grad_(need_x)
+    sg = step.clone().requires_grad_(need_step)
+    out = lsq_fake_quant(xg, sg, *args)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(upstream)
+    return out.detach(), xg.grad, sg.grad
+
+
+def _case(kind: str, scalegrad: bool):
+    """(x, step, args of lsq_fake_quant) for an activation or a weight, per-tensor or per-channel."""
+    gen = torch.Generator().manual_seed(0)
+    if kind == "activation":
+        x = torch.randn(6, 8, 10, 10, generator=gen).relu() * 2
+        qmin, qmax = int_grid(4, signed=False)
+        step = torch.tensor(x.max().item() / qmax)
+        n, k = x.numel() // x.shape[0], None
+    else:
+        x = torch.randn(16, 8, 3, 3, generator=gen) * 0.1
+        qmin, qmax = int_grid(4, signed=True)
+        if kind == "weight per-channel":
+            step = (2 * x.abs().flatten(1).mean(1) / qmax ** 0.5).view(-1, 1, 1, 1)
+            n = x.numel() // x.shape[0]
+        else:
+            step = 2 * x.abs().mean() / qmax ** 0.5
+            n = x.numel()
+        k = 1.0
+    mode = (0.1, k) if scalegrad else (None, None)
+    return x, step, (qmin, qmax, lsq_grad_scale(n, qmax)) + mode
+
+
+def _assert_close(fused, eager):
+    out_f, gx_f, gs_f = fused
+    out_e, gx_e, gs_e = eager
+    torch.testing.assert_close(out_f, out_e, rtol=1e-6, atol=1e-7)
+    if gx_e is None:
+        assert gx_f is None
+    else:
+        torch.testing.assert_close(gx_f, gx_e, rtol=1e-5, atol=1e-7)
+    if gs_e is None:
+        assert gs_f is None
+    else:
+        # the step gradient is a sum: only its summation order differs
+        torch.testing.assert_close(gs_f, gs_e, rtol=1e-4, atol=1e-6 * float(gs_e.abs().max()) + 1e-9)
+
+
+@pytest.mark.parametrize("scalegrad", [False, True], ids=["lsq", "scalegrad"])
+@pytest.mark.parametrize("kind", ["activation", "weight per-tensor", "weight per-channel"])
+def test_fused_matches_eager(kind, scalegrad):
+    x, step, args = _case(kind, scalegrad)
+    with mock.patch.object(kernels, "forward", wraps=kernels.forward) as fwd, \
+            mock.patch.object(kernels, "backward", wraps=kernels.backward) as bwd:
+        fused = _run(x, step, *args, fused=True)
+    assert fwd.call_count == 1 and bwd.call_count == 1, "the fused path was not taken"
+    eager = _run(x, step, *args, fused=False)
+    _assert_close(fused, eager)
+    assert kernels.disabled_reason() is None
+
+
+@pytest.mark.parametrize("need_x, need_step", [(False, True), (True, False)], ids=["data-input", "frozen-step"])
+def test_fused_partial_gradients(need_x, need_step):
+    """The first layer's input (data, no gradient) and a frozen step only compute what is needed."""
+    x, step, args = _case("activation", scalegrad=True)
+    fused = _run(x, step, *args, fused=True, need_x=need_x, need_step=need_step)
+    eager = _run(x, step, *args, fused=False, need_x=need_x, need_step=need_step)
+    _assert_close(fused, eager)
+    assert (fused[1] is None) != need_x and (fused[2] is None) != need_step
+
+
+def test_qat_fused_0_forces_eager():
+    x, step, args = _case("weight per-channel", scalegrad=True)
+    with mock.patch.object(kernels, "forward") as fwd, mock.patch.object(kernels, "backward") as bwd:
+        _run(x, step, *args, fused=False)
+    fwd.assert_not_called()
+    bwd.assert_not_called()
+
+
+def test_compilation_failure_falls_back_to_eager_with_one_warning():
+    x, step, args = _case("weight per-tensor", scalegrad=True)
+    eager = _run(x, step, *args, fused=False)
+    with mock.patch.object(kernels, "_kernel", side_effect=RuntimeError("no C++ compiler")):
+        with pytest.warns(RuntimeWarning, match="fused quantizer disabled"):
+            fallback = _run(x, step, *args, fused=True)
+        assert "no C++ compiler" in kernels.disabled_reason()
+        assert not kernels.fused_enabled()
+        again = _run(x, step, *args, fused=True)  # stays eager, no second warning needed
+    for a, b, c in zip(fallback, again, eager):
+        torch.testing.assert_close(a, c, rtol=0, atol=0)
+        torch.testing.assert_close(b, c, rtol=0, atol=0)
+
+
+def test_unsupported_layout_uses_eager():
+    """A non-contiguous input or a step broadcast along another dimension takes the eager path."""
+    x = torch.randn(8, 6, 5)
+    assert kernels.layout(x.transpose(0, 1), torch.tensor(0.1)) is None
+    assert kernels.layout(x, torch.full((1, 6, 1), 0.1)) is None
+    assert kernels.layout(x.double(), torch.tensor(0.1, dtype=torch.float64)) is None
+    assert kernels.layout(x, torch.tensor(0.1)) == "tensor"
+    assert kernels.layout(x, torch.full((8, 1, 1), 0.1)) == "channel"
+
+
+def test_no_recompilation_across_batch_sizes_and_layers():
+    """One compiled graph serves every batch size, layer shape, grid and gradient scale of a variant
+    (dynamic shapes; the constants travel in a tensor). Inductor may split a variant once into a
+    small-tensor and a large-tensor graph, hence the warm-up over both sizes."""
+    counters = torch._dynamo.utils.counters
+
+    def step_all(batch, channels, bits):
+        for signed in (False, True):
+            qmin, qmax = int_grid(bits, signed)
+            x = torch.randn(batch, channels, 9, 9)
+            n = x.numel() // batch
+            _run(x, torch.tensor(0.1), qmin, qmax, lsq_grad_scale(n, qmax), 0.1, None, fused=True)
+
+    for batch in (2, 64):  # warm-up: both size classes
+        step_all(batch, 4, 4)
+    graphs = counters["stats"]["unique_graphs"]
+    for batch, channels, bits in [(3, 4, 4), (5, 6, 8), (48, 3, 3), (80, 8, 4), (33, 5, 2)]:
+        step_all(batch, channels, bits)
+    assert counters["stats"]["unique_graphs"] == graphs, "a new batch size, shape or grid recompiled"
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["plain", "frozen"])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
+def test_fused_oscillation_update_matches_tracker(per_channel, frozen):
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(12, 4, 3, 3, generator=gen) * 0.1
+    step = torch.full((12, 1, 1, 1) if per_channel else (), 0.03)
+    qmin, qmax = int_grid(4, signed=True)
+    mask = torch.rand(w.shape, generator=gen) < 0.2 if frozen else None
+    codes_frozen = torch.randint(qmin, qmax + 1, w.shape, generator=gen).float() if frozen else None
+    eager, fused = OscillationTracker(0.01), OscillationTracker(0.01)
+    for t in range(12):
+        wt = w + 0.03 * torch.randn(w.shape, generator=gen)
+        codes = torch.clamp(torch.round(wt / step), qmin, qmax)
+        if frozen:
+            codes = torch.where(mask, codes_frozen, codes)
+        eager.update(codes)
+        if t == 0:
+            fused.update(codes)  # the tracker allocates its state on the first update
+            continue
+        extra = (mask, codes_frozen) if frozen else ()
+        assert kernels.oscillation_update_(wt, step, qmin, qmax, fused.momentum, fused.previous,
+                                           fused.last_direction, fused.frequency, fused.count, fused.int_ema,
+                                           *extra)
+    assert int(eager.count.sum()) > 0
+    for name in ("previous", "last_direction", "count"):
+        assert torch.equal(getattr(fused, name), getattr(eager, name)), name
+    for name in ("frequency", "int_ema"):
+        torch.testing.assert_close(getattr(fused, name), getattr(eager, name), rtol=1e-6, atol=1e-7)
+
+
+def test_oscillation_update_declines_when_off():
+    w = torch.randn(4, 3)
+    state = [torch.zeros(4, 3), torch.zeros(4, 3, dtype=torch.int8), torch.zeros(4, 3),
+             torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, 3)]
+    os.environ["QAT_FUSED"] = "0"
+    assert not kernels.oscillation_update_(w, torch.tensor(0.1), -8, 7, 0.01, *state)
+    assert all(not s.any() for s in state)
+
+
+def test_recompute_quantized_input_same_gradients_without_keeping_x_hat():
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 6, 8, 8, generator=gen).relu()
+    w0 = torch.randn(5, 6, 3, 3, generator=gen) * 0.1
+    qmin, qmax = int_grid(4, signed=False)
+    upstream = torch.randn(4, 5, 8, 8, generator=gen)
+    grads, alive = [], []
+    for recompute in (False, True):
+        x = x0.clone().requires_grad_()
+        step = torch.tensor(0.2, requires_grad=True)
+        w = w0.clone().requires_grad_()
+        x_hat = lsq_fake_quant(x, step, qmin, qmax, 0.01, 0.1)
+        if recompute:
+            with recompute_quantized_input(x_hat, x, step, qmin, qmax):
+                out = F.conv2d(x_hat, w, None, 1, 1)
+        else:
+            out = F.conv2d(x_hat, w, None, 1, 1)
+        ref = weakref.ref(x_hat)
+        del x_hat
+        alive.append(ref() is not None)
+        out.backward(upstream)
+        grads.append((x.grad, step.grad, w.grad))
+    assert alive == [True, False], "with recompute the graph must not keep the quantized input"
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_recompute_detects_inplace_change_of_input():
+    x = torch.rand(2, 3, 4, 4, requires_grad=True)
+    y = x * 1.0  # a non-leaf we can modify in place
+    step = torch.tensor(0.1, requires_grad=True)
+    w = torch.randn(2, 3, 1, 1, requires_grad=True)
+    x_hat = lsq_fake_quant(y, step, 0, 15)
+    with recompute_quantized_input(x_hat, y, step, 0, 15):
+        out = F.conv2d(x_hat, w)
+    with torch.no_grad():
+        y.add_(1.0)
+    with pytest.raises(RuntimeError, match="in-place"):
+        out.sum().backward()
+
+
+def test_functional_reexports_step_eps():
+    assert functional.STEP_EPS == kernels.STEP_EPS == 1e-8
