@@ -30,7 +30,11 @@ import statistics
 import sys
 import time
 
-import torch
+# `--thp on|off` must act before PyTorch's first large CPU allocation (c10 reads it once).
+if "--thp" in sys.argv[:-1]:
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1" if sys.argv[sys.argv.index("--thp") + 1] == "on" else "0"
+
+import torch  # noqa: E402
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -64,6 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--skip-step", action="store_true")
     p.add_argument("--profile", action="store_true", help="print the top operators of one QAT step per model")
     p.add_argument("--quick", action="store_true", help="smoke run: small tensors, few repetitions")
+    p.add_argument("--thp", choices=("on", "off"), help="THP_MEM_ALLOC_ENABLE for this run: PyTorch's CPU "
+                   "allocator on transparent huge pages (default: as in the environment)")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.step_reps = 3, 2
@@ -342,7 +348,8 @@ def main(argv=None):
     print(f"# bench_quantizer: torch {torch.__version__}, python {platform.python_version()}, "
           f"{platform.machine()} {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
           + (f", CUDA {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no CUDA"))
-    print(f"# argv: {' '.join(sys.argv[1:]) or '(defaults)'}")
+    print(f"# argv: {' '.join(sys.argv[1:]) or '(defaults)'}; THP_MEM_ALLOC_ENABLE="
+          f"{os.environ.get('THP_MEM_ALLOC_ENABLE', '(unset)')}, QAT_FUSED={os.environ.get('QAT_FUSED', '(unset)')}")
     for dev in devices:
         device = torch.device(dev)
         if not args.skip_quantizer:

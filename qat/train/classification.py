@@ -220,6 +220,16 @@ class Trainer:
 
     # -------------------------------------------------------------------- run
     def run(self) -> dict:
+        """Train (or resume, or branch), run the post steps, record the result; a failure marks the
+        W&B run crashed (exit code 1) so no table takes a number from it."""
+        try:
+            return self._run()
+        except BaseException:
+            if self.logger is not None:
+                self.logger.finish(1)
+            raise
+
+    def _run(self) -> dict:
         c = self.cfg
         done = self.run_dir / "result.json"
         if done.is_file():
