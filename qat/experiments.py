@@ -75,6 +75,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=os.environ.get("SEEDS"), help="space/comma separated; default: the config's")
     p.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
     p.add_argument("--models", default=os.environ.get("MODELS"), help="restrict to these models (comma separated)")
+    p.add_argument("--recipes", default=os.environ.get("RECIPES"),
+                   help="restrict to these recipes (comma separated; a branch still trains its parent)")
     p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "1")),
                    help="run this many (model, bits, seed) groups at once (each group stays in order)")
     p.add_argument("--dry-run", action="store_true")
@@ -87,6 +89,9 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in (args.seeds.replace(",", " ").split() if args.seeds else cfg.get("seeds", [0]))]
     models = args.models.split(",") if args.models else None
     runs = plan(cfg, seeds, args.preset, models)
+    if args.recipes:
+        wanted = set(args.recipes.split(","))
+        runs = [r for r in runs if r.recipe in wanted]
     extra = list(cfg.get("extra_args", {}).get(args.preset, [])) + extra
     todo = [r for r in runs if not r.finished]
     print(f"[{cfg['table']}] preset {args.preset}: {len(runs)} runs, {len(runs) - len(todo)} finished already",

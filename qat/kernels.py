@@ -98,19 +98,33 @@ def _backward_variant(per_channel: bool, dist: bool, need_gx: bool, need_gs: boo
 
 _compiled: dict = {}
 
+# CPU tensors below this many elements run a single-threaded kernel (PyTorch's own grain size for
+# parallel loops): an OpenMP region costs a thread wake-up, which on small tensors (most weights)
+# exceeds the work, and on a busy machine can cost milliseconds.
+SERIAL_NUMEL = 32768
 
-def _kernel(key):
-    fn = _compiled.get(key)
+
+def _kernel(key, serial: bool):
+    """The compiled function of a kernel variant; `serial` selects the single-threaded CPU build."""
+    fn = _compiled.get((key, serial))
     if fn is None:
         if key == "forward":
             src, name = _forward_math, "lsq_fused_forward"
+        elif key in ("oscillation", "oscillation_frozen"):
+            src, name = (_oscillation_frozen if key == "oscillation_frozen" else _oscillation_plain), "lsq_fused_" + key
         else:
             _, per_channel, dist, need_gx, need_gs = key
             src = _backward_variant(per_channel, dist, need_gx, need_gs)
             name = "lsq_fused_backward_" + "_".join(str(int(f)) for f in key[1:])
-        fn = torch.compile(_clone_function(src, name), dynamic=True, fullgraph=True)
-        _compiled[key] = fn
+        options = {"cpp.threads": 1} if serial else None
+        fn = torch.compile(_clone_function(src, name + ("_serial" if serial else "")), dynamic=True,
+                           fullgraph=True, options=options)
+        _compiled[(key, serial)] = fn
     return fn
+
+
+def _serial(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.numel() < SERIAL_NUMEL
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -198,7 +212,7 @@ def _step_view(step: torch.Tensor, mode: str) -> torch.Tensor:
 def forward(x: torch.Tensor, step: torch.Tensor, params: torch.Tensor, mode: str) -> torch.Tensor:
     """x̂ of SPEC §1 in one compiled kernel (x contiguous; `mode` from `layout`)."""
     _check_platform()
-    y = _kernel("forward")(_views(x, mode, x.shape[0]), _step_view(step, mode), params)
+    y = _kernel("forward", _serial(x))(_views(x, mode, x.shape[0]), _step_view(step, mode), params)
     return y.view(x.shape)
 
 
@@ -207,7 +221,7 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, step: torch.Tensor, params
     """(dL/dx, dL/ds) of SPEC §1–§2 in one compiled kernel; the step gradient is reduced in the kernel."""
     _check_platform()
     g = grad_out.contiguous()
-    kernel = _kernel(("backward", mode == "channel", dist, need_gx, need_gs))
+    kernel = _kernel(("backward", mode == "channel", dist, need_gx, need_gs), _serial(x))
     grad_x, grad_s = kernel(_views(g, mode, x.shape[0]), _views(x, mode, x.shape[0]), _step_view(step, mode),
                             params)
     if grad_x is not None:
@@ -273,12 +287,7 @@ def oscillation_update_(weight: torch.Tensor, step: torch.Tensor, qmin: int, qma
     p = _params_cache.get(key)
     if p is None:
         p = _params_cache[key] = torch.tensor([qmin, qmax, momentum, 1 - momentum], dtype=torch.float32, device=weight.device)
-    kernel_key = "oscillation_frozen" if extra else "oscillation"
-    fn = _compiled.get(kernel_key)
-    if fn is None:
-        src = _oscillation_frozen if extra else _oscillation_plain
-        fn = _compiled[kernel_key] = torch.compile(_clone_function(src, "lsq_fused_" + kernel_key), dynamic=True,
-                                                   fullgraph=True)
+    fn = _kernel("oscillation_frozen" if extra else "oscillation", _serial(weight))
     try:
         _check_platform()
         with torch.no_grad():
