@@ -15,20 +15,20 @@ REPO = Path(__file__).resolve().parent.parent
 
 PRESETS: dict[str, dict] = {
     # Seconds on a CPU: proves every path runs (tests, CI).
-    "smoke": dict(dataset="fashion-mnist", model_size="proxy", batch_size=32, train_subset=256, test_subset=256,
+    "smoke": dict(val_every_epoch=True, dataset="fashion-mnist", model_size="proxy", batch_size=32, train_subset=256, test_subset=256,
                   fp_epochs=2, fp_train_subset=2048, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=2, afw_epochs=0.5,
                   qc_epochs=0.5, adaround_iterations=20, step_only_epochs=0.5, lr_step_fraction=0.5),
     # Fashion-MNIST on a 2-core CPU: FP models trained once (cached), QAT on a 10k-image training subset.
-    "proxy": dict(dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=10000, test_subset=None,
+    "proxy": dict(val_every_epoch=False, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=10000, test_subset=None,
                   fp_epochs=4, fp_train_subset=None, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=32,
                   afw_epochs=0.5, qc_epochs=1, adaround_iterations=300, step_only_epochs=1, lr_step_fraction=0.4),
     # Same as proxy with the bigger budgets one GPU affords.
-    "proxy-gpu": dict(dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=None, test_subset=None,
+    "proxy-gpu": dict(val_every_epoch=True, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=None, test_subset=None,
                       fp_epochs=20, fp_train_subset=None, fp_lr=0.05, qat_epochs=20, qat_lr=0.01, calib_batches=32,
                       afw_epochs=2, qc_epochs=1, adaround_iterations=2000, step_only_epochs=2, lr_step_fraction=0.4),
     # The paper (§V): ImageNet, SGD lr 1e-3, momentum 0.9, wd 1e-5, batch 128, StepLR,
     # 80 epochs ScaleGrad + 20 EAD + 10 AFW; FP weights from a local checkpoint.
-    "paper": dict(dataset="imagenet", model_size="paper", batch_size=128, train_subset=None, test_subset=None,
+    "paper": dict(val_every_epoch=True, dataset="imagenet", model_size="paper", batch_size=128, train_subset=None, test_subset=None,
                   fp_epochs=None, fp_lr=None, qat_epochs=100, qat_lr=1e-3, calib_batches=32, afw_epochs=10,
                   qc_epochs=1, adaround_iterations=10000, step_only_epochs=1, lr_step_fraction=0.4),
 }

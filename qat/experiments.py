@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     log_dir = runs_root() / args.preset / cfg["table"] / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     groups: dict[tuple, list[RunSpec]] = {}
-    for r in todo:  # runs of one (model, bits, seed) share prefixes, so they run in order
+    # seed-major order: with a partial budget every (model, bits) gets its first seed before any second one
+    for r in sorted(todo, key=lambda r: (r.seed, runs.index(r))):  # runs of one (model, bits, seed) share prefixes, so they run in order
         groups.setdefault((r.model, r.bits, r.seed), []).append(r)
     failed: list[str] = []
     lock = threading.Lock()

@@ -31,7 +31,7 @@ def test_fp_then_ours_branching_from_scalegrad_with_afw_and_wandb(dirs):
     result = train_detector(cfg)
     # FP pretraining ran first and was cached; then the scalegrad parent up to τ; then ours from its τ checkpoint.
     assert list((dirs / "checkpoints" / "fp").glob("yolov8n-det-smoke-*.pt"))
-    parent = dirs / "runs" / "t" / "yolov8n" / "scalegrad" / "w4a4" / "s0"
+    parent = dirs / "runs" / "smoke" / "t" / "yolov8n" / "scalegrad" / "w4a4" / "s0"
     assert (parent / "weights" / "qat_tau.pt").is_file() and (parent / "result.json").is_file()
     for key in ("map", "map50", "map_trained", "afw/metric", "afw/weights", "freeze/fraction_frozen"):
         assert key in result, key
@@ -64,6 +64,14 @@ def test_paper_preset_without_data_is_one_clear_error(dirs, capsys):
     assert main(["--preset", "paper", "--recipe", "lsq", "--no-wandb"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "--data" in err[0]
+
+
+def test_an_unfinished_run_needs_resume(dirs, capsys):
+    cfg = DetectionConfig(model="yolov8n", recipe="lsq", preset="smoke", out=str(dirs / "run"), wandb=False)
+    (cfg.run_dir / "weights").mkdir(parents=True)
+    (cfg.run_dir / "weights" / "qat_last.pt").write_bytes(b"")
+    assert main(["--recipe", "lsq", "--preset", "smoke", "--out", str(cfg.run_dir), "--no-wandb"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
 
 
 def test_bad_bits_is_one_clear_error(dirs, capsys):

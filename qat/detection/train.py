@@ -6,9 +6,10 @@ yaml (`--data`), the COCO val annotations (`--val-json`) and a local FP checkpoi
 QAT needs an FP model: for the proxy presets it is trained once and cached under
 checkpoints/fp/{detector}-det-{preset}-{data digest}.pt (this module trains it when missing).
 
-Run directory: runs/{table}/{detector}/{recipe}/w{b}a{b}/s{seed} (FP: .../fp/s{seed}), holding the
-Ultralytics run (weights/qat_*.pt checkpoints, results.csv), the W&B run, and `result.json`, written
-last: a run whose result.json exists is not run again. Recipes that branch (SPEC: scalegrad+ead from
+Run directory: runs/{preset}/{table}/{detector}/{recipe}/w{b}a{b}/s{seed} (FP: .../fp/s{seed}), holding
+the Ultralytics run (weights/qat_*.pt checkpoints, results.csv), the W&B run, and `result.json`, written
+last: a run whose result.json exists is not run again; an unfinished one continues with `--resume`
+(from its last epoch, or from the trained model when it was killed in the post steps). Recipes that branch (SPEC: scalegrad+ead from
 scalegrad at τ; adaround / step-only from a trained model) start from the parent run's checkpoint and
 run the parent first when it is missing.
 """
@@ -59,8 +60,9 @@ class DetectionConfig:
     data: str | None = None              # Ultralytics data yaml (paper preset); FMNIST-Det otherwise
     val_json: str | None = None          # COCO ground truth of the val split (default: the yaml's val_json)
     fp_checkpoint: str | None = None
-    out: str | None = None
-    device: str = ""                     # Ultralytics device string: "" = auto, "cpu", "0", "0,1"
+    out: str | None = None               # run directory; default runs/{preset}/{run name}
+    resume: bool = False                 # continue an unfinished run from its last checkpoint
+    device: str = "auto"                 # "auto", "cpu", or an Ultralytics device string ("0", "0,1")
     wandb: bool = True
     quantize_first_last: bool = False
     first_last_bits: int = 8
@@ -94,7 +96,8 @@ class DetectionConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out) if self.out else runs_root() / self.run_name
+        """runs/{preset}/{run name} (the classification layout: presets never share a run directory)."""
+        return Path(self.out) if self.out else runs_root() / self.preset / self.run_name
 
 
 def validate_config(c: DetectionConfig) -> None:
@@ -158,6 +161,9 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
     if not c.is_fp:
         recipe = get_recipe(c.recipe)
         trained, last = c.run_dir / "weights" / "qat_trained.pt", c.run_dir / "weights" / "qat_last.pt"
+        if (trained.is_file() or last.is_file()) and not c.resume:
+            raise ValueError(f"{c.run_dir} holds a checkpoint of an unfinished run: pass --resume to continue it "
+                             f"or delete the directory")
         if trained.is_file():  # killed in the post steps: redo them from the trained model
             init_from = ("end", str(trained))
         elif last.is_file():  # killed while training: continue from the last epoch
@@ -171,7 +177,7 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
                     raise FileNotFoundError(f"the {c.preset} preset needs --fp-checkpoint (trained FP weights)")
                 print(f"[qat] no cached FP detector at {fp_ckpt}: training it first", flush=True)
                 train_detector(replace(c, recipe="fp", out=None, table="fp", epochs=None, lr=None,
-                                       max_iterations=None))
+                                       max_iterations=None, resume=True))
         if fp_ckpt is not None and not Path(fp_ckpt).is_file():
             raise FileNotFoundError(f"FP checkpoint not found: {fp_ckpt}")
 
@@ -196,15 +202,17 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
     lr = c.lr or p("fp_lr" if c.is_fp else "qat_lr")
     overrides = dict(model=DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
-                     batch=c.batch or p("batch"), lr0=lr, seed=c.seed, device=c.device or None,
+                     batch=c.batch or p("batch"), lr0=lr, seed=c.seed, device=c.device,
                      workers=c.workers, project=str(c.run_dir.parent), name=c.run_dir.name, exist_ok=True,
                      close_mosaic=p("close_mosaic"), fraction=c.fraction, deterministic=True)
     if c.is_fp:  # Ultralytics' own recipe (optimizer "auto", its weight decay), a shorter warm-up
         overrides.update(warmup_epochs=p("fp_warmup_epochs"))
     else:
         overrides.update(weight_decay=c.weight_decay, momentum=c.momentum)
-    if c.device in ("", None):
+    if c.device in ("", "auto", None):  # Ultralytics picks the GPU when there is one
         overrides.pop("device")
+    elif c.device.startswith("cuda"):  # torch names -> Ultralytics' ("cuda" -> "0", "cuda:1" -> "1")
+        overrides["device"] = c.device.partition(":")[2] or "0"
     t0 = time.time()
     trainer = QATDetectionTrainer.bind(run)(overrides=overrides)
     trainer.train()
@@ -217,7 +225,7 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
 
 
 def _parent_checkpoint(c: DetectionConfig, parent_recipe: str, point: str) -> tuple[str, str]:
-    parent = replace(c, recipe=parent_recipe, out=None)
+    parent = replace(c, recipe=parent_recipe, out=None, resume=True)
     if c.out:  # keep ad-hoc output trees self-contained
         parent = replace(parent, out=str(Path(c.out).parent / parent_recipe.replace("/", "_")))
     path = parent.run_dir / "weights" / ("qat_tau.pt" if point == "tau" else "qat_trained.pt")

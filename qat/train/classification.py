@@ -309,17 +309,21 @@ class Trainer:
             for epoch in range(start_epoch, epochs):
                 train_metrics = self.train_epoch(train_model, optimizer, hooks, state, epoch, epochs)
                 scheduler.step()
-                eval_model = next((m for m in (h.eval_model() for h in hooks) if m is not None), model)
-                val = self.evaluate(eval_model)
-                metrics = {**train_metrics, "val/top1": val["top1"], "val/loss": val["loss"], "epoch": epoch + 1,
-                           "lr": optimizer.param_groups[0]["lr"], **self.step_size_metrics(model)}
+                metrics = {**train_metrics, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
+                           **self.step_size_metrics(model)}
+                # CPU presets validate only where a number is used (τ and the end); others every epoch.
+                if c.preset_value("val_every_epoch") or epoch + 1 in (tau_epoch, epochs):
+                    eval_model = next((m for m in (h.eval_model() for h in hooks) if m is not None), model)
+                    val = self.evaluate(eval_model)
+                    metrics.update({"val/top1": val["top1"], "val/loss": val["loss"]})
                 for h in hooks:
                     metrics.update(h.epoch_metrics(state))
                 self.log(metrics)
                 history.append(metrics)
                 if is_main():
+                    val_text = f" val top-1 {metrics['val/top1']:.2f}%" if "val/top1" in metrics else ""
                     print(f"[qat] {c.run_name} epoch {epoch + 1}/{epochs}: train loss {train_metrics['train/loss']:.4f}"
-                          f" top-1 {val['top1']:.2f}%", flush=True)
+                          f" train top-1 {train_metrics['train/top1']:.2f}%{val_text}", flush=True)
                 payload = self.checkpoint_payload(model, optimizer, scheduler, hooks, state, epoch + 1, report)
                 if self.logger is not None:
                     self.logger.commit()  # the epoch's row reaches disk before the checkpoint says it is done
