@@ -76,9 +76,7 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        if self.is_fp:
-            return f"{self.table}/{self.model}/fp/s{self.seed}"
-        return f"{self.table}/{self.model}/{self.recipe}/w{self.bits}a{self.bits}/s{self.seed}"
+        return run_name(self.table, self.model, self.recipe, self.bits, self.seed)
 
     @property
     def run_dir(self) -> Path:
@@ -89,6 +87,13 @@ class RunConfig:
         d = asdict(self)
         d["preset_values"] = dict(PRESETS[self.preset])
         return d
+
+
+def run_name(table: str, model: str, recipe: str, bits: int, seed: int) -> str:
+    """`{table}/{model}/{recipe}/w{b}a{b}/s{seed}` (DESIGN.md); FP runs have no bit-width level."""
+    if recipe == "fp":
+        return f"{table}/{model}/fp/s{seed}"
+    return f"{table}/{model}/{recipe}/w{bits}a{bits}/s{seed}"
 
 
 def runs_root() -> Path:

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from .config import REPO, fp_cache_path, runs_root
+from .config import REPO, fp_cache_path, run_name, runs_root
 
 DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s", "yolox_nano", "yolox_tiny", "ssd_mobilenetv2"}
 
@@ -38,7 +38,7 @@ class RunSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.table}/{self.model}/{self.recipe}/w{self.bits}a{self.bits}/s{self.seed}"
+        return run_name(self.table, self.model, self.recipe, self.bits, self.seed)
 
     @property
     def finished(self) -> bool:

@@ -2,11 +2,4 @@
 # Table IV (ours on eight detectors; W4A4 and W3A3).
 # PRESET=smoke|proxy|proxy-gpu|paper (default proxy), SEEDS="0 1 2", DEVICE=auto|cpu|cuda, MODELS=a,b, JOBS=n,
 # WANDB_MODE (default offline). Finished runs are skipped, killed runs resume. Ends by writing the table.
-set -uo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO"
-source scripts/setup.sh || exit 1
-python -m qat.experiments experiments/table4_detection/config.yaml "$@"
-status=$?
-python tables/make_table4.py || exit 1
-exit $status
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run_table.sh" table4_detection 4 "$@"

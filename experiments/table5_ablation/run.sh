@@ -1,11 +1,4 @@
 #!/usr/bin/env bash
 # Table V (ablation). PRESET=smoke|proxy|proxy-gpu|paper (default proxy), SEEDS="0 1 2", DEVICE=auto|cpu|cuda,
 # WANDB_MODE (default offline). Finished runs are skipped, killed runs resume. Ends by writing the table.
-set -uo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-cd "$REPO"
-source scripts/setup.sh || exit 1
-python -m qat.experiments experiments/table5_ablation/config.yaml "$@"
-status=$?
-python tables/make_table5.py || exit 1
-exit $status
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run_table.sh" table5_ablation 5 "$@"

@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import fp_cache_path, runs_root
+from ..config import fp_cache_path, run_name, runs_root
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import RECIPES, MethodConfig, get_recipe
 
@@ -90,9 +90,7 @@ class DetectionConfig:
 
     @property
     def run_name(self) -> str:
-        if self.is_fp:
-            return f"{self.table}/{self.model}/fp/s{self.seed}"
-        return f"{self.table}/{self.model}/{self.recipe}/w{self.bits}a{self.bits}/s{self.seed}"
+        return run_name(self.table, self.model, self.recipe, self.bits, self.seed)
 
     @property
     def run_dir(self) -> Path:

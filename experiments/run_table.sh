@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Shared body of every table's run.sh: launch the table's runs, then always write the table.
+# Usage (from a run.sh): exec bash experiments/run_table.sh <experiment dir> <table number> "$@"
+# PRESET=smoke|proxy|proxy-gpu|paper (default proxy), SEEDS="0 1 2", DEVICE=auto|cpu|cuda, MODELS=a,b,
+# RECIPES=a,b, JOBS=n, WANDB_MODE (default offline). Finished runs are skipped, killed runs resume.
+set -uo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+source scripts/setup.sh || exit 1
+experiment="$1" table="$2"
+shift 2
+python -m qat.experiments "experiments/$experiment/config.yaml" "$@"
+status=$?
+python "tables/make_table$table.py" || exit 1
+exit $status
