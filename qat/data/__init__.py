@@ -1,0 +1,1 @@
+"""Data: Fashion-MNIST (proxy classification), FMNIST-Det (proxy detection), ImageNet (paper preset)."""
