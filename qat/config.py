@@ -52,6 +52,7 @@ class RunConfig:
     quantize_first_last: bool = False
     first_last_bits: int = 8
     cle: bool = True
+    cle_relu6: str = "clip"              # CLE: a chain's ReLU6 becomes a per-channel clip (exact) or "relu" (DFQ)
     bias_correction: bool = True
     epochs: int | None = None            # overrides the preset's QAT (or FP) epochs
     lr: float | None = None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -127,7 +128,7 @@ def test_mobilenetv2_like_depthwise_triples():
     x, x_test = torch.randn(3, 2, 8, 8, dtype=torch.float64), torch.randn(3, 2, 8, 8, dtype=torch.float64)
     orig = copy.deepcopy(model)
 
-    report = equalize(model, x)
+    report = equalize(model, x, relu6="relu")
 
     kept = {(p["conv1"], p["conv2"]) for p in report["pairs"]}
     assert kept == {("stem", "b1.conv_pw"), ("b1.conv_pw", "b1.conv_dw"), ("b1.conv_dw", "b1.conv_pwl"),
@@ -293,7 +294,7 @@ def test_proxy_mobilenetv2_equalize_keeps_outputs_up_to_relu6():
     model, x = _proxy_mobilenetv2_folded()
     orig = copy.deepcopy(model)
 
-    report = equalize(model, x)
+    report = equalize(model, x, relu6="relu")
 
     # 16 inverted residuals × (pw→dw, dw→pwl) + stem→dw, dw→pw of the depthwise-separable block = 34
     # ReLU chains; linear pairs: DS pw → blocks.1.0.conv_pw and blocks.6.0.conv_pwl → conv_head; the 5
@@ -307,3 +308,50 @@ def test_proxy_mobilenetv2_equalize_keeps_outputs_up_to_relu6():
     assert rel(model(x_test), ref(x_test)) <= 1e-5
     ab = absorb_high_bias(model, x, pairs=report["pairs"])
     assert ab["chains"] == 34 and ab["skipped_relu6"] == 0
+
+
+def test_relu6_becomes_a_channel_clip_that_keeps_the_function_exactly():
+    """Default mode: ReLU6 → ChannelClip(6 / s), so even a net whose ReLU6s clip keeps its outputs."""
+    from qat.prepare.channel_clip import ChannelClip
+    model = tiny_mbv2()
+    with torch.no_grad():                                   # make the ReLU6s clip often
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(4.0)
+    x, x_test = torch.randn(3, 2, 8, 8, dtype=torch.float64), torch.randn(3, 2, 8, 8, dtype=torch.float64)
+    orig = copy.deepcopy(model)
+    report = equalize(model, x)
+    assert report["relu6_mode"] == "clip" and report["relu6_replaced"] == 5
+    clips = [getattr(b, a) for b in (model.b1, model.b2) for a in ("act1", "act2")]
+    assert all(isinstance(c, ChannelClip) for c in clips)
+    assert any(not torch.allclose(c.upper, torch.full_like(c.upper, 6.0)) for c in clips)  # levels follow s
+    assert rel(model(x_test), orig(x_test)) <= 1e-10
+    assert rel(relu6_to_relu(orig, report["relu6_names"])(x_test), orig(x_test)) > 1e-3  # ReLU would not
+    for b in (model.b1, model.b2):                          # ranges still equalized (cube-root point)
+        assert (out_ranges(b.conv_pw) / in_ranges(b.conv_dw)).log().abs().max() < 1e-3
+
+
+def test_absorption_through_a_channel_clip_lowers_its_level():
+    from qat.prepare.channel_clip import ChannelClip
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU6(), nn.Conv2d(6, 4, 1)).double()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([8.0, 5.0, 4.0, 3.0, 0.0, -1.0]))
+        model[0].weight.mul_(0.01)                          # pre-activations ≈ bias ± 0.05, far above c
+    x = torch.randn(8, 3, 5, 5, dtype=torch.float64)
+    stats = {"0": {"beta": model[0].bias.detach().float().clone(), "gamma": torch.full((6,), 0.1)}}
+    ref = copy.deepcopy(model)
+    report = equalize(model, x, bn_stats=stats)
+    clip = model[1]
+    assert isinstance(clip, ChannelClip)
+    upper_before = clip.upper.clone()
+    ab = absorb_high_bias(model, x, bn_stats=stats, pairs=report["pairs"])
+    assert ab["absorbed"] == 1
+    assert (clip.upper <= upper_before).all() and (clip.upper >= 0).all()
+    assert (clip.upper < upper_before).any()
+    assert rel(model(x), ref(x)) <= 1e-10                   # pre-activations stay above c here
+
+
+def test_unknown_relu6_mode_is_rejected():
+    with pytest.raises(ValueError, match="relu6"):
+        equalize(relu_chain(), torch.randn(1, 3, 12, 12, dtype=torch.float64), relu6="gelu")

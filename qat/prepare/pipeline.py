@@ -19,6 +19,7 @@ from .calibrate import calibrate_activations, init_weight_steps
 @dataclass
 class PrologueOptions:
     cle: bool = True
+    cle_relu6: str = "clip"          # a chain's ReLU6 → per-channel clip (exact) or "relu" (DFQ)
     bias_correction: bool = True
     quantize_first_last: bool = False
     first_last_bits: int = 8
@@ -39,7 +40,8 @@ def float_prologue(model: nn.Module, example_input: torch.Tensor, calib: list[to
     if opts.cle:
         # Pairs are verified in float32 (tolerance 1e-3): float64 convolutions on a CPU cost minutes per model,
         # and valid pairs (≈1e-6) and invalid ones (≥0.1) are far apart either way.
-        report["cle"] = equalize(model, example_input, bn_stats=bn_stats, probe_dtype=None)
+        report["cle"] = equalize(model, example_input, bn_stats=bn_stats, probe_dtype=None,
+                                 relu6=opts.cle_relu6)
         report["bias_absorption"] = absorb_high_bias(model, example_input, bn_stats=bn_stats, probe_dtype=None,
                                                      pairs=report["cle"]["pairs"], calib_batches=calib[:4] or None)
     return report
@@ -66,7 +68,7 @@ def build_structure(model: nn.Module, bits: int, example_input: torch.Tensor, op
                     high_precision: Iterable[str] | None = None) -> None:
     """The quantized module tree without any data-dependent initialisation, for loading a checkpoint.
 
-    CLE's ReLU6→ReLU swap is structural, so it is replayed (its weight changes are overwritten by the load).
+    CLE's ReLU6 swap (for a ChannelClip or ReLU) is structural, so it is replayed (its weight changes are overwritten by the load).
     """
     float_prologue(model, example_input, [example_input], opts)
     convert(model, bits, first_last_bits=opts.first_last_bits, quantize_first_last=opts.quantize_first_last,

@@ -160,7 +160,7 @@ class Trainer:
 
     def prologue_options(self) -> PrologueOptions:
         c = self.cfg
-        return PrologueOptions(cle=c.cle, bias_correction=c.bias_correction, quantize_first_last=c.quantize_first_last,
+        return PrologueOptions(cle=c.cle, cle_relu6=c.cle_relu6, bias_correction=c.bias_correction, quantize_first_last=c.quantize_first_last,
                                first_last_bits=c.first_last_bits, calib_batches=c.preset_value("calib_batches"))
 
     def calib_inputs(self) -> list[torch.Tensor]:
@@ -180,7 +180,7 @@ class Trainer:
             return model, {}
         report = {"fp_top1": self.evaluate(model)["top1"]}
         report["prologue"] = float_prologue(model, calib[0], calib, opts)
-        report["fp_top1_prologue"] = self.evaluate(model)["top1"]  # after BN fold + CLE (ReLU6→ReLU)
+        report["fp_top1_prologue"] = self.evaluate(model)["top1"]  # after BN fold + CLE
         cle = report["prologue"].get("cle", {})
         report.update({f"cle_{k}": cle[k] for k in ("pairs_kept", "pairs_reverted", "relu6_replaced") if k in cle})
         report["quantize"] = quantize_prologue(model, c.bits, calib, opts, per_channel=recipe.per_channel,
