@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .functional import recompute_quantized_input
 from .quantizer import ActQuantizer, WeightQuantizer
 
 
@@ -29,7 +30,10 @@ class QuantLayerMixin:
 
 class QuantConv2d(QuantLayerMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.input_quant(x), self.quantized_weight(), self.bias)
+        x_hat, w_hat, q = self.input_quant(x), self.quantized_weight(), self.input_quant
+        # The conv would keep x̂ for its weight gradient on top of x: keep the recipe (x, s) instead.
+        with recompute_quantized_input(x_hat, x, q.step, q.qmin, q.qmax):
+            return self._conv_forward(x_hat, w_hat, self.bias)
 
 
 class QuantLinear(QuantLayerMixin, nn.Linear):

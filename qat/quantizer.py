@@ -96,8 +96,7 @@ class WeightQuantizer(Quantizer):
         if self.frozen is not None:
             w_hat = self.frozen.apply(w_hat, self.step)
         if self.tracker is not None and self.training:
-            self.tracker.update(self.codes(weight) if self.frozen is None
-                                else self.frozen.codes_with_frozen(self.codes(weight)))
+            self.tracker.update_from_weight(weight, self.step, self.qmin, self.qmax, self.frozen)
         return w_hat
 
 

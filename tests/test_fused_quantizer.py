@@ -235,3 +235,51 @@ def test_recompute_detects_inplace_change_of_input():
 
 def test_functional_reexports_step_eps():
     assert functional.STEP_EPS == kernels.STEP_EPS == 1e-8
+
+
+def _tracked_quantizer_states(fused: bool, monkeypatch):
+    from qat.freeze import FrozenCodes
+    from qat.quantizer import WeightQuantizer
+    monkeypatch.setenv("QAT_FUSED", "1" if fused else "0")
+    gen = torch.Generator().manual_seed(3)
+    w0 = torch.randn(8, 4, 3, 3, generator=gen) * 0.1
+    q = WeightQuantizer(3, w0.shape)
+    q.init_step(w0)
+    q.tracker, q.frozen = OscillationTracker(0.05), FrozenCodes(w0)
+    q.frozen.freeze(torch.rand(w0.shape, generator=gen) < 0.1, torch.ones_like(w0))
+    q.train()
+    for _ in range(10):
+        q(w0 + 0.05 * torch.randn(w0.shape, generator=gen))
+    return q.tracker
+
+
+def test_quantizer_forward_tracks_the_same_with_and_without_the_fused_kernel(monkeypatch):
+    fused, eager = _tracked_quantizer_states(True, monkeypatch), _tracked_quantizer_states(False, monkeypatch)
+    assert int(eager.count.sum()) > 0
+    for name in ("previous", "last_direction", "count"):
+        assert torch.equal(getattr(fused, name), getattr(eager, name)), name
+    torch.testing.assert_close(fused.frequency, eager.frequency, rtol=1e-6, atol=1e-7)
+
+
+def test_quant_conv_recomputes_its_input_and_gives_the_plain_gradients():
+    from qat.modules import QuantConv2d
+    gen = torch.Generator().manual_seed(5)
+    conv = QuantConv2d(6, 5, 3, padding=1)
+    conv._attach_quantizers(4, 4, False)
+    conv.weight_quant.init_step(conv.weight)
+    with torch.no_grad():
+        conv.input_quant.step.fill_(0.2)
+    x0 = torch.randn(2, 6, 8, 8, generator=gen).relu()
+    upstream = torch.randn(2, 5, 8, 8, generator=gen)
+    x = x0.clone().requires_grad_()
+    (conv(x) * upstream).sum().backward()
+    got = [x.grad, conv.weight.grad, conv.input_quant.step.grad, conv.weight_quant.step.grad]
+    conv.zero_grad()
+    x = x0.clone().requires_grad_()
+    iq, wq = conv.input_quant, conv.weight_quant
+    x_hat = lsq_fake_quant(x, iq.step, iq.qmin, iq.qmax, lsq_grad_scale(x[0].numel(), iq.qmax))
+    w_hat = lsq_fake_quant(conv.weight, wq.step, wq.qmin, wq.qmax, lsq_grad_scale(conv.weight.numel(), wq.qmax))
+    (F.conv2d(x_hat, w_hat, conv.bias, 1, 1) * upstream).sum().backward()
+    want = [x.grad, conv.weight.grad, iq.step.grad, wq.step.grad]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
