@@ -108,6 +108,10 @@ def main(argv=None) -> int:
         groups.setdefault((r.model, r.bits, r.seed), []).append(r)
     failed: list[str] = []
     lock = threading.Lock()
+    job_env = {**os.environ, "TQDM_DISABLE": "1"}
+    if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # parallel jobs share the cores: OpenMP threads beyond a job's share only wait on each other
+        job_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
     bar = tqdm(total=len(todo), desc=cfg["table"], unit="run", dynamic_ncols=True)
 
     def run_group(group: list[RunSpec]) -> None:
@@ -117,7 +121,7 @@ def main(argv=None) -> int:
                 t0 = time.time()
                 with open(log, "a") as f:
                     proc = subprocess.run(command(r, args.preset, args.device, extra), cwd=REPO, stdout=f,
-                                          stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"})
+                                          stderr=subprocess.STDOUT, env=job_env)
                 with lock:
                     if proc.returncode != 0:
                         failed.append(r.name)
