@@ -8,6 +8,22 @@ ROWS = [("lsq", "-", "-", "-", "-"), ("scalegrad", "✓", "-", "-", "-"), ("scal
         ("scalegrad+ead+adaround", "✓", "✓", "-", "✓"), ("scalegrad+ead+afw", "✓", "✓", "✓", "-")]
 
 
+def oscillation_notes(runs: dict) -> list[str]:
+    """Share of tracked (≤ 4-bit) weights whose oscillation frequency ends above 0.005, LSQ vs ScaleGrad+EAD."""
+    notes = []
+    for model, label, _ in MODELS:
+        for bits in (4, 3):
+            cells = []
+            for recipe, name in (("lsq", "LSQ"), ("scalegrad+ead", "ScaleGrad+EAD")):
+                vals = [100 * v for v in seed_values(runs, TABLE, model, recipe, bits, "osc/fraction_oscillating")]
+                if vals:
+                    cells.append(f"{name} {fmt(vals)} %")
+            if cells:
+                notes.append(f"Oscillating weights at the end of training, {label.split(' (')[0]} W{bits}A{bits} "
+                             f"(frequency > 0.005): " + "; ".join(cells))
+    return notes
+
+
 def main(argv=None):
     args = parse_args(TABLE, argv)
     runs = load_runs(args, TABLE)
@@ -32,6 +48,7 @@ def main(argv=None):
     rows.append(fp)
     notes = ["Our numbers: mean ± std over seeds of finished runs (n = seeds); 'missing' = no finished run.",
              "Preset and budgets: see the runs' configs; proxy numbers are Fashion-MNIST / FMNIST-Det, not ImageNet / COCO."]
+    notes += oscillation_notes(runs)
     if args.with_paper:
         notes.append("'paper' columns: the paper's reported ImageNet top-1 / COCO mAP (tables/paper_results.yaml).")
     write_outputs(TABLE, header, rows, args.out, "Table V — ablation", notes)

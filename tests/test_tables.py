@@ -28,3 +28,5 @@ def test_table5_from_offline_wandb_runs(smoke_env, tmp_path):
     assert scalegrad4[9] == "missing", "a crashed run must not fill a cell"
     assert lsq4[5] == "missing" and rows[("-", "-", "-", "-", "3")][9] == "missing"
     assert (out / "table5.md").is_file() and (out / "table5.tex").is_file()
+    osc = 100 * result["osc/fraction_oscillating"]
+    assert f"MobileNetV2 W4A4 (frequency > 0.005): LSQ {osc:.2f} (n=1) %" in (out / "table5.md").read_text()
