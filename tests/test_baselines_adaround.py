@@ -141,3 +141,12 @@ def test_step_rounds_every_low_bit_layer_in_place():
 def test_recipe_builds_the_step():
     (step,) = make_post_steps(get_recipe("scalegrad+ead+adaround"), MethodConfig(adaround_iterations=123))
     assert isinstance(step, AdaRoundStep) and step.iterations == 123
+
+
+def test_cle_channel_clip_counts_as_the_layers_activation():
+    from qat.baselines.adaround import following_activations
+    from qat.prepare.channel_clip import ChannelClip
+    conv1, clip, conv2 = nn.Conv2d(3, 4, 1), ChannelClip(torch.full((4,), 6.0)), nn.Conv2d(4, 2, 1)
+    model = nn.Sequential(conv1, clip, conv2)
+    acts = following_activations(model, torch.randn(1, 3, 5, 5), [conv1, conv2])
+    assert acts.get(conv1) is clip and conv2 not in acts

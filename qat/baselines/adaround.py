@@ -38,11 +38,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..functional import STEP_EPS
+from ..prepare.channel_clip import ChannelClip
 from ..modules import QuantConv2d, low_bit_layers
 
 ZETA = 1.1
 GAMMA = -0.1
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, nn.ELU, nn.Mish)
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU, nn.SiLU, nn.Hardswish, nn.GELU, nn.ELU, nn.Mish,
+               ChannelClip)  # CLE's per-channel ReLU6
 
 
 def rectified_sigmoid(v: torch.Tensor, zeta: float = ZETA, gamma: float = GAMMA) -> torch.Tensor:
