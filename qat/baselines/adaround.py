@@ -19,7 +19,7 @@ Per quantized low-bit layer, in execution order, with the step size s fixed:
   its latent (unrounded) weight W on the same x̂. After QAT there is no separate FP model whose
   activations would be meaningful targets (AIMET's target is the FP model's output), so the latent
   weights are the reference; docs/DEVIATIONS.md.
-- f: the activation module that consumes the layer's output directly (ReLU/ReLU6/…; found by a traced
+- f: the activation module that consumes the layer's output directly (ReLU/ReLU6/CLE's ChannelClip/…; found by a traced
   forward), as AIMET does; identity when the output goes elsewhere first (a residual add, a functional
   activation inside a block's forward, a linear bottleneck).
 - At the end h is hard-rounded (h = 1 where V ≥ 0, i.e. where h(V) ≥ 0.5) and the result is written
