@@ -71,8 +71,9 @@ def parse_config(argv=None) -> RunConfig:
     cfg = RunConfig(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
     if cfg.calib_split not in ("train", "val"):
         raise SystemExit(_error(f"--calib-split must be 'train' or 'val', got {cfg.calib_split!r}"))
-    if cfg.cle_relu6 not in ("clip", "relu"):
-        raise SystemExit(_error(f"--cle-relu6 must be 'clip' or 'relu', got {cfg.cle_relu6!r}"))
+    from .prepare.cle import RELU6_MODES
+    if cfg.cle_relu6 not in RELU6_MODES:
+        raise SystemExit(_error(f"--cle-relu6 must be one of {', '.join(RELU6_MODES)}, got {cfg.cle_relu6!r}"))
     return cfg
 
 

@@ -43,18 +43,16 @@ class OscillationTracker:
         self.previous.copy_(w_int)
 
     @torch.no_grad()
-    def update_from_weight(self, weight: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int,
-                           frozen=None) -> None:
-        """`update(codes)` with codes = clamp(round(w/s)) (a frozen weight's code where `frozen.mask`),
-        fused into one in-place pass over the state when the fused kernels apply (qat/kernels.py)."""
-        if self.previous is not None:
-            from . import kernels
-            extra = () if frozen is None else (frozen.mask, frozen.codes)
-            if kernels.oscillation_update_(weight.detach(), step, qmin, qmax, self.momentum, self.previous,
-                                           self.last_direction, self.frequency, self.count, self.int_ema, *extra):
-                return
-        codes = torch.clamp(torch.round(weight.detach() / step.detach()), qmin, qmax)
-        self.update(codes if frozen is None else frozen.codes_with_frozen(codes))
+    def update_fused(self, weight: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, frozen=None) -> bool:
+        """`update(codes)` with codes = clamp(round(w/s)) (a frozen weight's code where `frozen.mask`) in one
+        in-place pass over the state (qat/kernels.py). False, touching nothing, where the fused path does not
+        apply (before the first update, or no compiled kernels): then call `update(codes)`."""
+        if self.previous is None:
+            return False
+        from . import kernels
+        extra = () if frozen is None else (frozen.mask, frozen.codes)
+        return kernels.oscillation_update_(weight.detach(), step, qmin, qmax, self.momentum, self.previous,
+                                           self.last_direction, self.frequency, self.count, self.int_ema, *extra)
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("momentum", "previous", "last_direction", "frequency", "count",

@@ -95,8 +95,10 @@ class WeightQuantizer(Quantizer):
                                self.pulse_delta, self.dist_k)
         if self.frozen is not None:
             w_hat = self.frozen.apply(w_hat, self.step)
-        if self.tracker is not None and self.training:
-            self.tracker.update_from_weight(weight, self.step, self.qmin, self.qmax, self.frozen)
+        if self.tracker is not None and self.training and \
+                not self.tracker.update_fused(weight, self.step, self.qmin, self.qmax, self.frozen):
+            codes = self.codes(weight)
+            self.tracker.update(codes if self.frozen is None else self.frozen.codes_with_frozen(codes))
         return w_hat
 
 

@@ -26,6 +26,11 @@ SPLIT_SEED = 20240229        # fixes which training images form the calibration 
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
+def data_root() -> Path:
+    """`$QAT_DATA`, default `data/` in the repository: where downloaded and generated data sets live."""
+    return Path(os.environ.get("QAT_DATA", Path(__file__).resolve().parents[2] / "data"))
+
+
 def _has_files(d: Path) -> bool:
     return all((d / name).is_file() or (d / (name + ".gz")).is_file() for pair in FILES.values() for name in pair)
 
@@ -35,7 +40,7 @@ def find_dir(data_dir: str | os.PathLike | None = None) -> Path:
     if data_dir is not None:
         candidates = [Path(data_dir), Path(data_dir) / "FashionMNIST" / "raw"]
     else:
-        base = Path(os.environ.get("QAT_DATA", Path(__file__).resolve().parents[2] / "data")) / "fashion-mnist"
+        base = data_root() / "fashion-mnist"
         candidates = [base / "FashionMNIST" / "raw", base, DEBIAN_DIR]
     for d in candidates:
         if _has_files(d):

@@ -205,7 +205,7 @@ def _is_valid(ds: FMNISTDet) -> bool:
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("QAT_DATA", Path(__file__).resolve().parents[2] / "data")) / "fmnist-det"
+    return fm.data_root() / "fmnist-det"
 
 
 def build_fmnist_det(config: FMNISTDetConfig | str = "proxy", root: str | os.PathLike | None = None,

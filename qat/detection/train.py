@@ -23,6 +23,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
 from ..config import fp_cache_path, run_name, runs_root
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import RECIPES, MethodConfig, get_recipe
@@ -148,7 +150,6 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
     (after the BN fold), `init_map` (after quantizer init) and `map_trained` (before post steps).
     """
     c = replace(cfg, **kwargs) if cfg is not None else DetectionConfig(**kwargs)
-    import torch
     torch.set_flush_denormal(True)  # as in classification: denormals slow CPU backward ~10×
     validate_config(c)
     done = c.run_dir / "result.json"

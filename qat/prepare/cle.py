@@ -242,28 +242,15 @@ def candidate_pairs(model: nn.Module, example_input: torch.Tensor) -> list[CLEPa
     return pairs
 
 
-def _replace_relu6(model: nn.Module, modules: dict[str, nn.Module],
-                   names: Iterable[str]) -> list[tuple[str, nn.Module]]:
-    """Swap the ReLU6 modules among `names` for ReLU; return (name, original) for undoing."""
+def _replace_relu6(model: nn.Module, modules: dict[str, nn.Module], names: Iterable[str],
+                   make=lambda relu6, name: nn.ReLU(inplace=relu6.inplace)) -> list[tuple[str, nn.Module]]:
+    """Swap the ReLU6 modules among `names` for `make(relu6, name)` (default ReLU); return (name, original)."""
     swapped = []
     for n in names:
         m = modules[n]
         if isinstance(m, nn.ReLU6):
-            set_submodule(model, n, nn.ReLU(inplace=m.inplace))
+            set_submodule(model, n, make(m, n))
             swapped.append((n, m))
-    return swapped
-
-
-def _clip_relu6(model: nn.Module, modules: dict[str, nn.Module], pairs: list[CLEPair]) -> list[tuple[str, nn.Module]]:
-    """Swap the ReLU6 modules of each pair for a ChannelClip over conv1's output channels."""
-    swapped = []
-    for p in pairs:
-        conv1 = modules[p.conv1]
-        for n in p.acts:
-            m = modules[n]
-            if isinstance(m, nn.ReLU6):
-                set_submodule(model, n, ChannelClip.like_relu6(conv1.weight.shape[0], conv1.weight))
-                swapped.append((n, m))
     return swapped
 
 
@@ -393,10 +380,13 @@ def equalize(model: nn.Module, example_input: torch.Tensor, iterations: int = 10
         kept: list[CLEPair] = found["kept"]
         modules = dict(model.named_modules())
         y_orig = _flat_output(model(example_input))
+        acts = [a for p in kept for a in p.acts]
         if relu6 == "relu":
-            swapped = _replace_relu6(model, modules, [a for p in kept for a in p.acts])
-        else:
-            swapped = _clip_relu6(model, modules, kept)
+            swapped = _replace_relu6(model, modules, acts)
+        else:                          # a clip over the output channels of the chain's conv1
+            conv1_of = {a: modules[p.conv1].weight for p in kept for a in p.acts}
+            swapped = _replace_relu6(model, modules, acts,
+                                     lambda m, n: ChannelClip.like_relu6(conv1_of[n].shape[0], conv1_of[n]))
         y_ref = _flat_output(model(example_input)) if swapped else y_orig
         modules = dict(model.named_modules())
 
