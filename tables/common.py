@@ -6,6 +6,7 @@ import argparse
 import csv
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -29,15 +30,62 @@ def parse_args(table: str, argv=None) -> argparse.Namespace:
 
 
 def load_runs(args, table: str) -> dict:
-    """name → RunRecord of the table's runs (newest finished run per name)."""
+    """name → RunRecord of the table's runs (newest finished run per name).
+
+    Local runs only (not with --wandb): a cell of the table's plan with no finished run of its own takes an
+    identical finished run of another table of the same preset (`borrowed_runs`), under the table's own name.
+    With --runs, other tables are looked for beside it when it is a `<preset>/<table>` directory.
+    """
     if args.wandb:
         records = read_api_runs(args.wandb, filters={"group": table})
-    else:
-        import os
-        preset = args.preset or os.environ.get("PRESET", "proxy")
-        root = args.runs or Path(os.environ.get("QAT_RUNS", REPO / "runs")) / preset / table
-        records = read_local_runs(root) if root.is_dir() else []
-    return {name: rec for name, rec in by_name(records).items() if rec.group == table}
+        return {name: rec for name, rec in by_name(records).items() if rec.group == table}
+    import os
+    preset = args.preset or os.environ.get("PRESET", "proxy")
+    preset_dir = Path(os.environ.get("QAT_RUNS", REPO / "runs")) / preset
+    root = args.runs or preset_dir / table
+    records = read_local_runs(root) if root.is_dir() else []
+    runs = {name: rec for name, rec in by_name(records).items() if rec.group == table}
+    if args.runs is not None:
+        if args.runs.name != table:
+            return runs
+        preset_dir, preset = args.runs.parent, args.runs.parent.name
+    return {**runs, **borrowed_runs(runs, table, preset, preset_dir)}
+
+
+def borrowed_runs(own: dict, table: str, preset: str, preset_dir: Path) -> dict:
+    """Run name → record of another table's identical finished run (qat/run_reuse.py), for each cell of the
+    table's plan (experiments/*/config.yaml; its seeds and those of the table's own runs) that has no finished
+    run of its own. A detector cell is compared with the options of the table's own runs of that model and
+    recipe, if any, else with the defaults."""
+    from qat.experiments import load_config, plan
+    from qat.run_reuse import default_config, find_identical_record
+
+    seeds = {int(s) for s in (n.rsplit("/s", 1)[-1] for n in own) if s.isdigit()}
+    specs = []
+    for path in sorted((REPO / "experiments").glob("*/config.yaml")):
+        cfg = load_config(path)
+        if cfg["table"] == table:
+            specs += plan(cfg, sorted(seeds | set(cfg.get("seeds", [0]))), preset)
+    borrowed = {}
+    for s in dict.fromkeys(specs):
+        if s.name in own and own[s.name].finished:
+            continue
+        like = next((r.config for n, r in sorted(own.items())
+                     if r.finished and n.startswith(f"{table}/{s.model}/{s.recipe}/")), None)
+        expected = default_config(preset, table, s.model, s.recipe, s.bits, s.seed, like)
+        found = find_identical_record(preset, table, s.model, s.recipe, s.bits, s.seed, expected, preset_dir)
+        if found:
+            borrowed[s.name] = found[1]
+    return borrowed
+
+
+def reuse_notes(runs: dict, table: str) -> list[str]:
+    """One note line naming the other tables whose runs fill cells here (none if no cell is borrowed)."""
+    counts = Counter(r.group for r in runs.values() if r.group != table)
+    if not counts:
+        return []
+    return ["Cells reused from identical runs of other tables: "
+            + ", ".join(f"{t} ({n} run{'s' if n != 1 else ''})" for t, n in sorted(counts.items()))]
 
 
 def seed_values(runs: dict, table: str, model: str, recipe: str, bits: int, key: str) -> list[float]:

@@ -1,6 +1,6 @@
 """Table I: LSQ training vs. frozen weights with learnable step sizes (W4A4), YOLOv8-n (the paper's model) and
 MobileNetV2 (our classification stand-in)."""
-from common import fmt, fp_values, load_runs, paper_value, parse_args, seed_values, write_outputs
+from common import fmt, fp_values, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table1"
 BITS = 4
@@ -40,6 +40,7 @@ def main(argv=None):
     if args.with_paper:
         notes.append("'paper' columns: the paper's Table I (COCO mAP; tables/paper_results.yaml). Its LSQ number "
                      "(32.1) differs from the LSQ YOLOv8-n number of its Tables II and V (33.1).")
+    notes += reuse_notes(runs, TABLE)
     write_outputs(TABLE, header, rows, args.out, "Table I — LSQ vs. frozen weights with learnable step sizes (W4A4)",
                   notes)
 

@@ -1,6 +1,6 @@
 """Table II: our method against QAT baselines (LSQ, PerChannel, Damp, RedYolo; plus Nagel's iterative Freeze,
 which the paper does not report) on four detectors and four classifiers, W4A4 and W3A3."""
-from common import fmt, fp_values, load_runs, paper_value, parse_args, seed_values, write_outputs
+from common import fmt, fp_values, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table2"
 BITS = [4, 3]
@@ -39,6 +39,7 @@ def main(argv=None):
     if args.with_paper:
         notes.append("Rows with Source 'paper': the paper's Table II (ImageNet-1k top-1 / COCO mAP; "
                      "tables/paper_results.yaml); empty where the paper has no number.")
+    notes += reuse_notes(runs, TABLE)
     write_outputs(TABLE, header, rows, args.out, "Table II — comparison with QAT baselines", notes)
 
 

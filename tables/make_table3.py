@@ -1,7 +1,7 @@
 """Table III: our method (scalegrad+ead+afw) on nine classifiers, W4A4 and W3A3, with each model's parameter count."""
 import yaml
 
-from common import REPO, fmt, fp_values, load_runs, paper_value, parse_args, seed_values, write_outputs
+from common import REPO, fmt, fp_values, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table3"
 RECIPE = "scalegrad+ead+afw"
@@ -58,6 +58,7 @@ def main(argv=None):
              "qat.models.build_model(name, 'paper')), whatever the preset of the runs."]
     if args.with_paper:
         notes.append("'paper' columns: the paper's Table III (ImageNet-1k top-1; tables/paper_results.yaml).")
+    notes += reuse_notes(runs, TABLE)
     write_outputs(TABLE, header, rows, args.out, "Table III — our method on classifiers", notes)
 
 

@@ -1,7 +1,7 @@
 """Table IV: our method (scalegrad+ead+afw) on eight detectors, W4A4 and W3A3."""
 import yaml
 
-from common import REPO, fmt, fp_values, load_runs, paper_value, parse_args, seed_values, write_outputs
+from common import REPO, fmt, fp_values, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table4"
 RECIPE = "scalegrad+ead+afw"
@@ -38,6 +38,7 @@ def main(argv=None):
              "Param (M) [paper]: the paper's printed parameter counts (COCO, 80 classes), not computed here."]
     if args.with_paper:
         notes.append("'paper' columns: the paper's Table IV (COCO mAP; tables/paper_results.yaml).")
+    notes += reuse_notes(runs, TABLE)
     write_outputs(TABLE, header, rows, args.out, "Table IV — our method on detectors", notes)
 
 

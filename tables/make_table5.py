@@ -1,5 +1,5 @@
 """Table V: ablation of ScaleGrad, EAD, AFW (AdaRound in place of AFW) on YOLOv8-n, YOLOv9-t, MobileNetV2."""
-from common import fmt, load_runs, paper_value, parse_args, seed_values, write_outputs, fp_values
+from common import fmt, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs, fp_values
 
 TABLE = "table5"
 MODELS = [("yolov8n", "YOLOv8-n (mAP)", "map"), ("yolov9t", "YOLOv9-t (mAP)", "map"),
@@ -51,6 +51,7 @@ def main(argv=None):
     notes += oscillation_notes(runs)
     if args.with_paper:
         notes.append("'paper' columns: the paper's reported ImageNet top-1 / COCO mAP (tables/paper_results.yaml).")
+    notes += reuse_notes(runs, TABLE)
     write_outputs(TABLE, header, rows, args.out, "Table V — ablation", notes)
 
 

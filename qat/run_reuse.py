@@ -1,0 +1,118 @@
+"""Reuse a finished run of another table when it trained exactly what this table asks for.
+
+`--table` only names a run (W&B group, run directory); it never changes training. So the run
+`runs/<preset>/<table A>/<model>/<recipe>/w<b>a<b>/s<seed>` and the same cell of table B are the same
+experiment when their configurations agree on everything that changes training. The launcher
+(qat/experiments.py) then does not train the cell again, and the table makers (tables/common.py) fill
+the cell from the other table's run.
+
+The rule (`training_identity`): a run's W&B config minus the keys in IGNORED_KEYS (naming, output,
+resuming, hardware, logging, code version), removed at every nesting level; integral floats count as
+ints (2000.0 = 2000). For a detection run (its config has `detection_config`) only `detection_config`
+counts: it holds every option the run was given; `detection_run` and `ultralytics_args` are derived
+from it by `train_detector` (plus paths into the run's own directory, the parent's checkpoint and the
+FP cache), so they would only tell runs apart by where they live. (Unlike a classification config, which
+carries `preset_values`, it does not record DET_PRESETS' budgets or the FMNIST-Det version: a change to
+those counts as a code change, which the identity ignores like `git_commit`.) User-given paths (`data`,
+`fp_checkpoint`, `val_json`) stay in the identity: other weights or data are another experiment.
+A run is reused only when it is finished: `result.json` in its directory and a finished W&B run there.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig, run_name, runs_root
+from .logging.run_reader import RunRecord, read_local_runs
+
+IGNORED_KEYS = frozenset({"table", "out", "resume", "device", "wandb", "workers", "log_every", "git_commit",
+                          "name", "group", "tags", "project", "save_dir"})
+SKIPPED_DIRS = frozenset({"logs", "fp"})  # under runs/<preset>/: not tables of QAT runs
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in IGNORED_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_strip(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def training_identity(config: dict) -> str:
+    """Canonical JSON of what in `config` changes training (see the module docstring)."""
+    if "detection_config" in config:
+        config = config["detection_config"]
+    return json.dumps(_strip(config), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def default_config(preset: str, table: str, model: str, recipe: str, bits: int, seed: int,
+                   like: dict | None = None) -> dict:
+    """The configuration the launcher gives this cell when no extra arguments pass through.
+
+    Classification: `RunConfig(...).to_dict()`. Detection: `like` (the config of another run of the same
+    model and recipe, whose options the table's runs share) with bits and seed set, else the
+    `DetectionConfig` defaults.
+    """
+    from .detection.torch_detectors import TORCH_DETECTORS
+    from .experiments import DETECTORS
+    if model in TORCH_DETECTORS:  # SSD / YOLOX run through the classification loop with their own presets
+        from .detection.torch_train import TorchDetectionConfig
+        return TorchDetectionConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=preset,
+                                    table=table).to_dict()
+    if model not in DETECTORS:
+        return RunConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=preset, table=table).to_dict()
+    if like is not None:
+        inner = "detection_config" in like
+        cfg = dict(like["detection_config"] if inner else like, bits=bits, seed=seed)
+        return {"detection_config": cfg} if inner else cfg
+    from dataclasses import asdict
+
+    from .detection.train import DetectionConfig
+    return {"detection_config": asdict(DetectionConfig(model=model, recipe=recipe, bits=bits, seed=seed,
+                                                       preset=preset, table=table))}
+
+
+def finished_record(run_dir: Path) -> RunRecord | None:
+    """The newest finished W&B run in a run directory that holds result.json; None otherwise."""
+    if not (run_dir / "result.json").is_file():
+        return None
+    done = [r for r in read_local_runs(run_dir) if r.finished]
+    return max(done, key=lambda r: r.start_time) if done else None
+
+
+def find_identical_record(preset: str, table: str, model: str, recipe: str, bits: int, seed: int,
+                          expected: dict, preset_dir: Path | None = None) -> tuple[Path, RunRecord] | None:
+    """(run dir, W&B record) of the first other table (sorted by name) whose run of this cell is finished
+    and trained what `expected` describes. `preset_dir` defaults to runs_root()/preset."""
+    preset_dir = preset_dir or runs_root() / preset
+    if not preset_dir.is_dir():
+        return None
+    want = training_identity(expected)
+    for other in sorted(d.name for d in preset_dir.iterdir() if d.is_dir()):
+        if other == table or other in SKIPPED_DIRS:
+            continue
+        run_dir = preset_dir / run_name(other, model, recipe, bits, seed)
+        rec = finished_record(run_dir)
+        if rec is not None and training_identity(rec.config) == want:
+            return run_dir, rec
+    return None
+
+
+def find_identical_run(preset: str, table: str, model: str, recipe: str, bits: int, seed: int,
+                       expected_config: dict | None = None) -> Path | None:
+    """The directory of a finished run of another table identical to this cell's run, or None.
+
+    Without `expected_config` the cell's default config is expected (classifiers, SSD, YOLOX); Ultralytics
+    detectors then return None (their options come from the detection CLI, so pass the config to compare against).
+    """
+    if expected_config is None:
+        from .detection.torch_detectors import TORCH_DETECTORS
+        from .experiments import DETECTORS
+        if model in DETECTORS and model not in TORCH_DETECTORS:
+            return None
+        expected_config = default_config(preset, table, model, recipe, bits, seed)
+    found = find_identical_record(preset, table, model, recipe, bits, seed, expected_config)
+    return found[0] if found else None

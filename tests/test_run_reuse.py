@@ -1,0 +1,241 @@
+"""Runs reused across tables (qat/run_reuse.py): the identity rule, `find_identical_run`, the table makers'
+borrowed cells and the launcher's reuse, on real offline W&B runs written here with RunLogger (no training).
+
+Runs under $QAT_RUNS/smoke/ (→ what Table II must show for it):
+- table5 mobilenetv2 lsq W4 s0, the launcher's config (other device / resume / commit) → LSQ 4a4w borrowed;
+  table5's s1 of that cell is outside Table II's seeds → still n=1
+- table2 and table5 mobilenetv2 lsq W3 s0, both identical → Table II's own run wins
+- table3 and table5 mobilenetv2 ours W4 s0, both identical → the first other table by name (table3) fills it
+- table5 mobilenetv2 ours W3 (methods.afw_lr changed), damp W4 (epochs set) → not reused: missing
+- table5 mobilenetv2 redyolo W4, identical but crashed (no result.json) → missing
+- table5 yolov8n lsq W4 with the default DetectionConfig → borrowed; W3 with epochs set → missing
+- table2 yolov9t lsq W4 with epochs=3 (own run), table5 yolov9t lsq W3 with epochs=3 → borrowed (compared
+  with the options of Table II's own yolov9t lsq run, not the defaults)
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import REPO
+
+pytest.importorskip("wandb")
+
+from qat.config import RunConfig  # noqa: E402
+from qat.run_reuse import IGNORED_KEYS, default_config, find_identical_run, training_identity  # noqa: E402
+
+PRESET = "smoke"
+WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
+def cls_config(table, model, recipe, bits, seed, **changes) -> dict:
+    """What `python -m qat.train` logs for a launcher run (device/resume as the launcher passes them)."""
+    cfg = RunConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET, table=table, device="cpu",
+                    resume=True, **changes)
+    return cfg.to_dict()
+
+
+def det_config(table, model, recipe, bits, seed, **changes) -> dict:
+    from qat.detection.train import DetectionConfig
+    c = dataclasses.asdict(DetectionConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET,
+                                           table=table, resume=True, **changes))
+    run = {"recipe": recipe, "bits": bits, "name": f"{table}/{model}", "group": table,
+           "init_from": ["tau", f"/runs/{table}/parent/qat_tau.pt"], "val_json": f"/runs/{table}/val.json"}
+    return {"detection_config": c, "detection_run": run, "ultralytics_args": {"save_dir": f"/runs/{table}/x"}}
+
+
+AFW = dataclasses.replace(RunConfig().methods, afw_lr=0.01)
+# (table, model, recipe, bits, seed) → (config, summary, exit code)
+RUNS = {
+    ("table5", "mobilenetv2", "lsq", 4, 0): (cls_config("table5", "mobilenetv2", "lsq", 4, 0), {"top1": 81.5}, 0),
+    ("table5", "mobilenetv2", "lsq", 4, 1): (cls_config("table5", "mobilenetv2", "lsq", 4, 1), {"top1": 79.5}, 0),
+    ("table2", "mobilenetv2", "lsq", 3, 0): (cls_config("table2", "mobilenetv2", "lsq", 3, 0), {"top1": 72.0}, 0),
+    ("table5", "mobilenetv2", "lsq", 3, 0): (cls_config("table5", "mobilenetv2", "lsq", 3, 0), {"top1": 70.0}, 0),
+    ("table3", "mobilenetv2", "scalegrad+ead+afw", 4, 0):
+        (cls_config("table3", "mobilenetv2", "scalegrad+ead+afw", 4, 0), {"top1": 86.0}, 0),
+    ("table5", "mobilenetv2", "scalegrad+ead+afw", 4, 0):
+        (cls_config("table5", "mobilenetv2", "scalegrad+ead+afw", 4, 0), {"top1": 85.0}, 0),
+    ("table5", "mobilenetv2", "scalegrad+ead+afw", 3, 0):
+        (cls_config("table5", "mobilenetv2", "scalegrad+ead+afw", 3, 0, methods=AFW), {"top1": 60.0}, 0),
+    ("table5", "mobilenetv2", "damp", 4, 0): (cls_config("table5", "mobilenetv2", "damp", 4, 0, epochs=1),
+                                              {"top1": 50.0}, 0),
+    ("table5", "mobilenetv2", "redyolo", 4, 0): (cls_config("table5", "mobilenetv2", "redyolo", 4, 0),
+                                                 {"top1": 99.0}, 1),
+    ("table5", "yolov8n", "lsq", 4, 0): (det_config("table5", "yolov8n", "lsq", 4, 0), {"map": 28.5}, 0),
+    ("table5", "yolov8n", "lsq", 3, 0): (det_config("table5", "yolov8n", "lsq", 3, 0, epochs=1), {"map": 5.0}, 0),
+    ("table2", "yolov9t", "lsq", 4, 0): (det_config("table2", "yolov9t", "lsq", 4, 0, epochs=3), {"map": 20.0}, 0),
+    ("table5", "yolov9t", "lsq", 3, 0): (det_config("table5", "yolov9t", "lsq", 3, 0, epochs=3), {"map": 15.0}, 0),
+}
+
+
+def run_dir(root: Path, table, model, recipe, bits, seed) -> Path:
+    return root / PRESET / table / model / recipe / f"w{bits}a{bits}" / f"s{seed}"
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reuse_runs")
+    with pytest.MonkeyPatch.context() as mp:
+        for var in WANDB_ENV:
+            mp.setenv(var, str(root / "state" / var.lower()))
+        mp.delenv("WANDB_MODE", raising=False)  # RunLogger's default: offline
+        mp.setenv("WANDB_SILENT", "true")
+        from qat.logging import RunLogger, run_tags
+
+        for (table, model, recipe, bits, seed), (config, summary, code) in RUNS.items():
+            d = run_dir(root, table, model, recipe, bits, seed)
+            name = f"{table}/{model}/{recipe}/w{bits}a{bits}/s{seed}"
+            lg = RunLogger(d, name=name, group=table, tags=run_tags(model, recipe, bits), config=config)
+            lg.summary({**summary, "fp_top1" if "top1" in summary else "fp_map": 88.0})
+            lg.finish(exit_code=code)
+            if code == 0:
+                (d / "result.json").write_text(json.dumps(summary))
+        (root / PRESET / "table5" / "logs").mkdir()
+        import wandb
+
+        wandb.teardown()
+    return root
+
+
+@pytest.fixture
+def env(runs_root, monkeypatch):
+    monkeypatch.setenv("QAT_RUNS", str(runs_root))
+    monkeypatch.delenv("PRESET", raising=False)
+    return runs_root
+
+
+# ------------------------------------------------------------------------------------------------ identity
+def test_identity_ignores_naming_and_hardware_only():
+    base = cls_config("table5", "mobilenetv2", "lsq", 4, 0)
+    other = dict(base, table="table2", out="/x", device="cuda", resume=False, workers=2, log_every=5,
+                 git_commit="abc", wandb=False)
+    assert training_identity(base) == training_identity(other)
+    assert training_identity(base) == training_identity(default_config(PRESET, "table2", "mobilenetv2", "lsq", 4, 0))
+    for key, value in [("epochs", 1), ("seed", 1), ("bits", 3), ("preset_values", {}), ("fp_checkpoint", "a.pt")]:
+        assert training_identity(dict(base, **{key: value})) != training_identity(base), key
+    changed = dict(base, methods=dict(base["methods"], afw_lr=0.01))
+    assert training_identity(changed) != training_identity(base)
+    assert training_identity({"a": {"name": 1, "b": 2.0}}) == training_identity({"a": {"b": 2}})  # nested, 2.0 = 2
+    assert {"table", "device", "git_commit", "save_dir"} <= IGNORED_KEYS
+
+
+def test_detection_identity_is_the_detection_config():
+    a, b = det_config("table5", "yolov8n", "lsq", 4, 0), det_config("table2", "yolov8n", "lsq", 4, 0)
+    assert a["detection_run"] != b["detection_run"]  # paths into each table's own tree
+    assert training_identity(a) == training_identity(b)
+    assert training_identity(a) != training_identity(det_config("table5", "yolov8n", "lsq", 4, 0, epochs=1))
+    assert training_identity(a) == training_identity(default_config(PRESET, "table2", "yolov8n", "lsq", 4, 0))
+
+
+def test_launcher_command_logs_the_expected_config():
+    """The config `python -m qat.train` builds from the launcher's command is the one reuse expects."""
+    from qat.cli import parse_config
+    from qat.experiments import RunSpec, command
+    spec = RunSpec("table2", "mobilenetv2", "scalegrad+ead+afw", 3, 1, PRESET)
+    argv = command(spec, PRESET, "cpu", [])[3:]
+    assert training_identity(parse_config(argv).to_dict()) == \
+        training_identity(default_config(PRESET, "table5", "mobilenetv2", "scalegrad+ead+afw", 3, 1))
+
+
+# ---------------------------------------------------------------------------------------- find_identical_run
+def test_find_identical_run(env):
+    root = env
+    find = lambda *cell, **kw: find_identical_run(PRESET, *cell, **kw)  # noqa: E731
+    assert find("table2", "mobilenetv2", "lsq", 4, 0, None) == run_dir(root, "table5", "mobilenetv2", "lsq", 4, 0)
+    assert find("table5", "mobilenetv2", "lsq", 4, 0, None) is None  # never the table's own run
+    # several identical runs: the first other table by name
+    assert find("table2", "mobilenetv2", "scalegrad+ead+afw", 4, 0, None) == \
+        run_dir(root, "table3", "mobilenetv2", "scalegrad+ead+afw", 4, 0)
+    assert find("table3", "mobilenetv2", "scalegrad+ead+afw", 4, 0, None) == \
+        run_dir(root, "table5", "mobilenetv2", "scalegrad+ead+afw", 4, 0)
+    assert find("table2", "mobilenetv2", "scalegrad+ead+afw", 3, 0, None) is None  # afw_lr differs
+    assert find("table2", "mobilenetv2", "scalegrad+ead+afw", 3, 0,
+                expected_config=cls_config("table2", "mobilenetv2", "scalegrad+ead+afw", 3, 0, methods=AFW)) == \
+        run_dir(root, "table5", "mobilenetv2", "scalegrad+ead+afw", 3, 0)
+    assert find("table2", "mobilenetv2", "damp", 4, 0, None) is None  # epochs set there
+    assert find("table2", "mobilenetv2", "redyolo", 4, 0, None) is None  # crashed
+    assert find("table2", "mobilenetv2", "perchannel", 4, 0, None) is None  # nowhere
+    assert find("table2", "yolov8n", "lsq", 4, 0, None) is None  # detectors need the config to compare
+    assert find("table2", "yolov8n", "lsq", 4, 0, expected_config=det_config("table2", "yolov8n", "lsq", 4, 0)) == \
+        run_dir(root, "table5", "yolov8n", "lsq", 4, 0)
+    assert find("table2", "yolov8n", "lsq", 3, 0, expected_config=det_config("table2", "yolov8n", "lsq", 3, 0)) is None
+
+
+# ---------------------------------------------------------------------------------------------- table makers
+def make_table(n: int, tmp_path: Path, *argv, label: int = 1) -> tuple[dict, str]:
+    """(row label, column) → cell of make_table{n}.py run in this process, and its Markdown."""
+    if str(REPO / "tables") not in sys.path:
+        sys.path.insert(0, str(REPO / "tables"))
+    importlib.import_module(f"make_table{n}").main([*argv, "--out", str(tmp_path)])
+    with open(tmp_path / f"table{n}.csv", newline="") as f:
+        header, *rows = list(csv.reader(f))
+    return {(r[label], col): v for r in rows for col, v in zip(header, r)}, (tmp_path / f"table{n}.md").read_text()
+
+
+@pytest.mark.parametrize("how", ["preset", "runs"])
+def test_table2_fills_cells_from_identical_runs(env, tmp_path, how):
+    argv = ["--preset", PRESET] if how == "preset" else ["--runs", str(env / PRESET / "table2")]
+    cells, md = make_table(2, tmp_path, *argv)
+    assert cells[("MobileNetV2", "LSQ 4a4w")] == "81.50 (n=1)"  # borrowed from table5, only the planned seed
+    assert cells[("MobileNetV2", "LSQ 3a3w")] == "72.00 (n=1)"  # own run wins over table5's 70.0
+    assert cells[("MobileNetV2", "Ours 4a4w")] == "86.00 (n=1)"  # table3 before table5
+    assert cells[("MobileNetV2", "Ours 3a3w")] == "missing"  # afw_lr differs
+    assert cells[("MobileNetV2", "Damp 4a4w")] == "missing"  # epochs set
+    assert cells[("MobileNetV2", "RedYolo 4a4w")] == "missing"  # crashed
+    assert cells[("MobileNetV2", "FP")] == "88.00 (n=1)"
+    assert cells[("YOLOv8-n", "LSQ 4a4w")] == "28.50 (n=1)" and cells[("YOLOv8-n", "LSQ 3a3w")] == "missing"
+    assert cells[("YOLOv9-t", "LSQ 4a4w")] == "20.00 (n=1)" and cells[("YOLOv9-t", "LSQ 3a3w")] == "15.00 (n=1)"
+    assert "- Cells reused from identical runs of other tables: table3 (1 run), table5 (3 runs)\n" in md
+
+
+def test_no_note_without_borrowed_cells(env, tmp_path):
+    cells, md = make_table(4, tmp_path, "--preset", PRESET, label=0)  # table4 plans none of these cells
+    assert "Cells reused" not in md and cells[("YOLOv8-n", "4A4W")] == "missing"
+
+
+def test_wandb_api_reading_borrows_nothing(monkeypatch):
+    sys.path.insert(0, str(REPO / "tables"))
+    import common
+    from qat.logging import RunRecord
+    rec = RunRecord("id", "table2/mobilenetv2/lsq/w3a3/s0", "table2", [], {}, {"top1": 1.0}, [], "finished", "p")
+    monkeypatch.setattr(common, "read_api_runs", lambda path, filters: [rec])
+    monkeypatch.setattr(common, "borrowed_runs", lambda *a: pytest.fail("API reading must not borrow"))
+    args = common.parse_args("table2", ["--wandb", "e/p"])
+    assert common.load_runs(args, "table2") == {rec.name: rec}
+
+
+# -------------------------------------------------------------------------------------------------- launcher
+def launcher_config(tmp_path: Path, recipes: list[str]) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"table": "table2", "models": ["mobilenetv2"], "recipes": recipes, "bits": [4],
+                                    "seeds": [0]}))
+    return path
+
+
+def test_launcher_reuses_identical_runs(env, tmp_path, capsys):
+    from qat import experiments
+    cfg = launcher_config(tmp_path, ["lsq", "damp"])
+    assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    source = run_dir(env, "table5", "mobilenetv2", "lsq", 4, 0)
+    assert f"reuse table2/mobilenetv2/lsq/w4a4/s0 from {source}" in out and "1 reusable from other tables" in out
+    assert "todo " in out and "--recipe damp" in out  # epochs differ there: trained
+
+    # extra arguments pass through: nothing is reused
+    assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reuse " not in out and "--recipe lsq" in out
+
+    # a real launch of the reusable run trains nothing (no FP model, no run, no log)
+    assert experiments.main([str(launcher_config(tmp_path, ["lsq"])), "--preset", PRESET]) == 0
+    out = capsys.readouterr().out
+    assert f"[table2] reused table2/mobilenetv2/lsq/w4a4/s0 from {source}" in out
+    assert not (env / PRESET / "table2" / "logs" / "table2__mobilenetv2__lsq__w4a4__s0.log").exists()
+    assert not run_dir(env, "table2", "mobilenetv2", "lsq", 4, 0).exists()
