@@ -8,7 +8,7 @@ import argparse
 import dataclasses
 import sys
 
-from .config import PRESETS, RunConfig
+from .config import RunConfig
 from .models import model_names
 from .recipes import RECIPES, MethodConfig
 
@@ -33,16 +33,19 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m qat.train", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d = RunConfig()
-    p.add_argument("--model", default=d.model, choices=model_names(), metavar="NAME",
-                   help=f"one of: {', '.join(model_names())}")
+def build_parser(config_cls: type[RunConfig] = RunConfig, models: list[str] | None = None,
+                 prog: str = "python -m qat.train") -> argparse.ArgumentParser:
+    """The CLI of `config_cls` (RunConfig, or a task's subclass with its own presets and models)."""
+    p = _Parser(prog=prog, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = config_cls()
+    models = models or model_names()
+    p.add_argument("--model", default=d.model if d.model in models else models[0], choices=models, metavar="NAME",
+                   help=f"one of: {', '.join(models)}")
     p.add_argument("--recipe", default=d.recipe, choices=["fp"] + sorted(RECIPES), metavar="NAME",
                    help=f"fp or one of: {', '.join(sorted(RECIPES))}")
     p.add_argument("--bits", type=_bits, default=d.bits, help="weight and activation bits (2-8)")
-    p.add_argument("--preset", default=d.preset, choices=sorted(PRESETS))
-    for f in dataclasses.fields(RunConfig):
+    p.add_argument("--preset", default=d.preset, choices=sorted(config_cls.presets))
+    for f in dataclasses.fields(config_cls):
         if f.name in ("model", "recipe", "bits", "preset", "methods"):
             continue
         default = getattr(d, f.name)
@@ -50,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default)
         else:
             kind = {int: int, float: float}.get(type(default), None)
-            if f.name in ("epochs", "batch_size", "train_subset", "max_iterations"):
+            if f.name in ("epochs", "batch_size", "train_subset", "max_iterations", "imgsz"):
                 kind = int
             elif f.name == "lr":
                 kind = float
@@ -64,11 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv=None) -> RunConfig:
-    args = vars(build_parser().parse_args(argv))
+def parse_config(argv=None, config_cls: type[RunConfig] = RunConfig, **parser_kwargs) -> RunConfig:
+    args = vars(build_parser(config_cls, **parser_kwargs).parse_args(argv))
     method_names = {f.name for f in dataclasses.fields(MethodConfig)}
     methods = MethodConfig(**{k: v for k, v in args.items() if k in method_names})
-    cfg = RunConfig(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
+    cfg = config_cls(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
     if cfg.calib_split not in ("train", "val"):
         raise SystemExit(_error(f"--calib-split must be 'train' or 'val', got {cfg.calib_split!r}"))
     from .prepare.cle import RELU6_MODES
@@ -82,13 +85,13 @@ def _error(message: str) -> int:
     return 2
 
 
-def main(argv=None) -> int:
-    cfg = parse_config(argv)
+def main(argv=None, config_cls: type[RunConfig] = RunConfig, trainer_cls=None, **parser_kwargs) -> int:
+    cfg = parse_config(argv, config_cls, **parser_kwargs)
     from .train.checkpoint import CheckpointError
     from .train.classification import NonFiniteLoss, Trainer
     from .train.distributed import teardown
     try:
-        Trainer(cfg).run()
+        (trainer_cls or Trainer)(cfg).run()
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         return _error(str(e))
     except NonFiniteLoss as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 from .recipes import MethodConfig
@@ -67,9 +68,10 @@ class RunConfig:
     log_every: int = 20
     fig1_iterations: int = 200           # log Fig. 1 traces over the last N iterations
     methods: MethodConfig = field(default_factory=MethodConfig)
+    presets: ClassVar[dict[str, dict]] = PRESETS  # a task with other budgets (torch detectors) brings its own
 
     def preset_value(self, key):
-        return PRESETS[self.preset][key]
+        return self.presets[self.preset][key]
 
     @property
     def is_fp(self) -> bool:
@@ -86,7 +88,7 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["preset_values"] = dict(PRESETS[self.preset])
+        d["preset_values"] = dict(self.presets[self.preset])
         return d
 
 

@@ -3,9 +3,11 @@
 Every (model, bits, seed, recipe) becomes one `python -m qat.train` (classification) or
 `python -m qat.detection` (detection) run in its own process: a finished run is skipped, a killed one
 resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (parents
-are ordered first). One progress bar with an ETA covers the whole table. A failed run is reported and
-the launcher goes on; it exits non-zero at the end if any run failed, and the table maker then shows
-that cell as missing.
+are ordered first). A classification run that another table of the same preset has finished with the
+same training configuration is reused instead of trained again (qat/run_reuse.py; not when extra
+arguments pass through to the runs), and the table makers fill its cell from that run. One progress bar
+with an ETA covers the whole table. A failed run is reported and the launcher goes on; it exits non-zero
+at the end if any run failed, and the table maker then shows that cell as missing.
 """
 from __future__ import annotations
 
@@ -23,8 +25,11 @@ import yaml
 from tqdm.auto import tqdm
 
 from .config import REPO, fp_cache_path, run_name, runs_root
+from .detection.torch_detectors import TORCH_DETECTORS
+from .run_reuse import find_identical_run
 
-DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s", "yolox_nano", "yolox_tiny", "ssd_mobilenetv2"}
+ULTRALYTICS_DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s"}
+DETECTORS = ULTRALYTICS_DETECTORS | set(TORCH_DETECTORS)  # SSD / YOLOX: our loop (qat/detection/torch_train.py)
 
 
 @dataclass(frozen=True)
@@ -93,12 +98,26 @@ def main(argv=None) -> int:
         wanted = set(args.recipes.split(","))
         runs = [r for r in runs if r.recipe in wanted]
     extra = list(cfg.get("extra_args", {}).get(args.preset, [])) + extra
+
+    def reusable(r: RunSpec) -> Path | None:
+        """An identical finished run of another table. Classification only (a detection run's options come from
+        the detection CLI), and not when extra arguments change the runs. A branch recipe still finds its parent
+        through its own table (Trainer.parent_checkpoint): when the branch itself is not reusable, its parent
+        is trained again in this table even if it was reused here."""
+        if extra or r.model in ULTRALYTICS_DETECTORS:
+            return None
+        return find_identical_run(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, None)
+
     todo = [r for r in runs if not r.finished]
-    print(f"[{cfg['table']}] preset {args.preset}: {len(runs)} runs, {len(runs) - len(todo)} finished already",
-          flush=True)
+    reuse = {r: reusable(r) for r in todo}
+    print(f"[{cfg['table']}] preset {args.preset}: {len(runs)} runs, {len(runs) - len(todo)} finished already, "
+          f"{sum(map(bool, reuse.values()))} reusable from other tables", flush=True)
     if args.dry_run:
         for r in runs:
-            print(("done " if r.finished else "todo ") + " ".join(command(r, args.preset, args.device, extra)))
+            if reuse.get(r):
+                print(f"reuse {r.name} from {reuse[r]}")
+            else:
+                print(("done " if r.finished else "todo ") + " ".join(command(r, args.preset, args.device, extra)))
         return 0
     log_dir = runs_root() / args.preset / cfg["table"] / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +135,11 @@ def main(argv=None) -> int:
 
     def run_group(group: list[RunSpec]) -> None:
         for r in group:
-            if not r.finished:  # a branch may have trained its parent already
+            source = None if r.finished else reusable(r)  # checked again: another table may have finished it
+            if source is not None:
+                with lock:
+                    tqdm.write(f"[{cfg['table']}] reused {r.name} from {source}")
+            elif not r.finished:  # a branch may have trained its parent already
                 log = log_dir / (r.name.replace("/", "__") + ".log")
                 t0 = time.time()
                 with open(log, "a") as f:
@@ -132,10 +155,12 @@ def main(argv=None) -> int:
                 bar.update(1)
 
     # FP models first, one at a time: parallel groups must not train the same cached FP model twice.
-    for model in dict.fromkeys(r.model for r in todo if r.model not in DETECTORS):
-        if not fp_cache_path(model, args.preset).is_file() and args.preset != "paper":
-            tqdm.write(f"[{cfg['table']}] training the FP {model} ({args.preset}) first")
-            fp_cmd = [sys.executable, "-m", "qat.train", "--model", model, "--recipe", "fp", "--preset", args.preset,
+    # (An FP run that finished returns at once; a classifier's cache is checked here to skip even that.)
+    for model in dict.fromkeys(r.model for r in todo if r.model not in ULTRALYTICS_DETECTORS and not reuse[r]):
+        if args.preset != "paper" and (model in TORCH_DETECTORS or not fp_cache_path(model, args.preset).is_file()):
+            tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
+            fp_cmd = [sys.executable, "-m", "qat.detection" if model in TORCH_DETECTORS else "qat.train",
+                      "--model", model, "--recipe", "fp", "--preset", args.preset,
                       "--table", "fp", "--device", args.device, "--resume", "--no-wandb"]
             with open(log_dir / f"fp__{model}.log", "a") as f:
                 subprocess.run(fp_cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,

@@ -10,7 +10,7 @@ VENV="$REPO/.venv"
 (
 set -euo pipefail
 STAMP="$VENV/.requirements.sha256"
-want="$(cat "$REPO/requirements.txt" "$REPO/requirements.lock.txt" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$REPO/requirements.txt" "$REPO/requirements.lock.txt" "$REPO/requirements-nodeps.txt" | sha256sum | cut -d' ' -f1)"
 
 if [[ ! -x "$VENV/bin/python" ]]; then
   echo "[setup] creating $VENV" >&2
@@ -20,6 +20,7 @@ if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
   echo "[setup] installing pinned requirements (first run: a few minutes)" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
   "$VENV/bin/python" -m pip install -q -r "$REPO/requirements.txt" -c "$REPO/requirements.lock.txt" >&2
+  "$VENV/bin/python" -m pip install -q --no-deps -r "$REPO/requirements-nodeps.txt" >&2
   echo "$want" > "$STAMP"
 fi
 

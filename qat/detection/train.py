@@ -255,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m qat.detection", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     d = DetectionConfig()
-    p.add_argument("--model", default=d.model, choices=sorted(DETECTORS))
+    from .torch_detectors import TORCH_DETECTORS
+    p.add_argument("--model", default=d.model, choices=sorted([*DETECTORS, *TORCH_DETECTORS]))
     p.add_argument("--recipe", default=d.recipe, choices=["fp"] + sorted(RECIPES), metavar="NAME",
                    help=f"fp or one of: {', '.join(sorted(RECIPES))}")
     p.add_argument("--preset", default=d.preset, choices=sorted(DET_PRESETS))
@@ -281,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from .torch_detectors import TORCH_DETECTORS
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model")
+    if pre.parse_known_args(argv)[0].model in TORCH_DETECTORS:  # SSD / YOLOX: our own loop (torch_train.py)
+        from .torch_train import main as torch_main
+        return torch_main(argv)
     args = vars(build_parser().parse_args(argv))
     names = {f.name for f in dataclasses.fields(MethodConfig)}
     cfg = DetectionConfig(**{k: v for k, v in args.items() if k not in names},

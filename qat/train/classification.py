@@ -57,17 +57,17 @@ class ClassificationTask:
 
     def train_batches(self, epochs: int = 1):
         for e in range(epochs):
-            for x, y in self.trainer.train_data.epoch(1000 + e):  # epochs distinct from training's
-                yield x.to(self.trainer.device), y.to(self.trainer.device)
+            for batch in self.trainer.train_data.epoch(1000 + e):  # epochs distinct from training's
+                yield self.trainer.move(batch)
 
     def calib_batches(self):
-        return [(x.to(self.trainer.device), y.to(self.trainer.device)) for x, y in self.trainer.calib_inputs_labels]
+        return [self.trainer.move(b) for b in self.trainer.calib_inputs_labels]
 
     def inputs(self, batch):
         return batch[0]
 
     def loss(self, model, batch):
-        return F.cross_entropy(model(batch[0]), batch[1])
+        return self.trainer.batch_loss(model, batch)[0]
 
     def evaluate(self, model):
         return self.trainer.evaluate(model)
@@ -77,6 +77,10 @@ class ClassificationTask:
 
 
 class Trainer:
+    """Classification; a subclass changes the task through `metric`, `setup_data`, `build_net`, `move`,
+    `batch_loss`, `evaluate` and `high_precision_layers` (qat/detection/torch_train.py does)."""
+    metric = "top1"  # the headline metric's key: result["top1"], report["fp_top1"], "val/top1"
+
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         # Denormals in CPU backward passes slow a step ~10× (docs/PERFORMANCE.md); they are far below
@@ -91,23 +95,48 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.logger = None
         self.global_step = 0
-        p = cfg.preset_value
-        self.batch_size = cfg.batch_size or p("batch_size")
-        if cfg.preset_value("dataset") == "imagenet":
+        self.batch_size = cfg.batch_size or cfg.preset_value("batch_size")
+        self.train_data, self.calib_data, self.test_data = self.setup_data()
+        self.calib_inputs_labels = []
+        for batch in self.calib_data.epoch(0):
+            self.calib_inputs_labels.append(batch)
+            if len(self.calib_inputs_labels) >= cfg.preset_value("calib_batches"):
+                break
+
+    # -------------------------------------------------------------------- task
+    def setup_data(self):
+        """(train, calibration, test) batch sources; each has `epoch(e)` and `len()`."""
+        cfg, p = self.cfg, self.cfg.preset_value
+        if p("dataset") == "imagenet":
             if not cfg.data:
                 raise ValueError("the paper preset needs --data pointing at an ImageNet ImageFolder (train/, val/)")
-            self.train_data, self.calib_data, self.test_data = imagenet_data(
-                cfg.data, self.batch_size, cfg.seed, cfg.calib_split, workers=cfg.workers, train_subset=cfg.train_subset)
-        else:
-            subset = cfg.train_subset if cfg.train_subset is not None else \
-                (_fp_subset(cfg) if cfg.is_fp else p("train_subset"))
-            self.train_data, self.calib_data, self.test_data = fashion_mnist_data(
-                self.batch_size, subset, p("test_subset"), cfg.seed, cfg.data, cfg.calib_split)
-        self.calib_inputs_labels = []
-        for x, y in self.calib_data.epoch(0):
-            self.calib_inputs_labels.append((x, y))
-            if len(self.calib_inputs_labels) >= p("calib_batches"):
-                break
+            return imagenet_data(cfg.data, self.batch_size, cfg.seed, cfg.calib_split, workers=cfg.workers,
+                                 train_subset=cfg.train_subset)
+        subset = cfg.train_subset if cfg.train_subset is not None else \
+            (_fp_subset(cfg) if cfg.is_fp else p("train_subset"))
+        return fashion_mnist_data(self.batch_size, subset, p("test_subset"), cfg.seed, cfg.data, cfg.calib_split)
+
+    def build_net(self) -> nn.Module:
+        """The FP architecture, randomly initialised."""
+        return build_model(self.cfg.model, self.cfg.preset_value("model_size"))
+
+    def move(self, batch):
+        x, y = batch
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def batch_loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+        """(mean loss, batch size, correct predictions or None) of one moved batch."""
+        x, y = batch
+        logits = model(x)
+        return F.cross_entropy(logits, y), len(y), (logits.detach().argmax(1) == y).sum()
+
+    def fp_cache(self) -> Path:
+        """Where the proxy FP model is cached (trained once, shared by every QAT run of the model)."""
+        return fp_cache_path(self.cfg.model, self.cfg.preset)
+
+    def high_precision_layers(self, model: nn.Module) -> list[str] | None:
+        """Layers kept at first_last_bits; None = the first and the last (convert's default)."""
+        return None
 
     # ----------------------------------------------------------------- logging
     def open_logger(self, resume_id: str | None):
@@ -144,8 +173,8 @@ class Trainer:
     def fp_model(self) -> nn.Module:
         """The FP model: from --fp-checkpoint, else the cached proxy checkpoint (trained here if missing)."""
         c = self.cfg
-        model = build_model(c.model, c.preset_value("model_size"))
-        path = Path(c.fp_checkpoint) if c.fp_checkpoint else fp_cache_path(c.model, c.preset)
+        model = self.build_net()
+        path = Path(c.fp_checkpoint) if c.fp_checkpoint else self.fp_cache()
         if not path.is_file():
             if c.fp_checkpoint or c.preset_value("fp_epochs") is None:
                 raise FileNotFoundError(f"FP checkpoint not found: {path} (the {c.preset} preset needs "
@@ -154,7 +183,7 @@ class Trainer:
                 print(f"[qat] no cached FP model at {path}: training it first", flush=True)
             fp_cfg = replace(c, recipe="fp", out=None, resume=True, epochs=None, lr=None, train_subset=None,
                              max_iterations=None, table="fp")
-            Trainer(fp_cfg).run()
+            type(self)(fp_cfg).run()
         try:
             model.load_state_dict(ckpt.load_model_weights(path))
         except RuntimeError as e:
@@ -167,7 +196,7 @@ class Trainer:
                                first_last_bits=c.first_last_bits, calib_batches=c.preset_value("calib_batches"))
 
     def calib_inputs(self) -> list[torch.Tensor]:
-        return [x.to(self.device) for x, _ in self.calib_inputs_labels]
+        return [self.move(b)[0] for b in self.calib_inputs_labels]
 
     def quantized_model(self, init: bool) -> tuple[nn.Module, dict]:
         """FP model → prologue → quantized model. `init=False` builds the structure only (to load a checkpoint)."""
@@ -177,18 +206,21 @@ class Trainer:
         opts = self.prologue_options()
         m = c.methods
         pulse_delta, dist_k = (m.pulse_delta, m.dist_k) if recipe.scalegrad else (None, None)
+        high_precision = self.high_precision_layers(model)
         if not init:
-            build_structure(model, c.bits, calib[0], opts, per_channel=recipe.per_channel)
+            build_structure(model, c.bits, calib[0], opts, per_channel=recipe.per_channel,
+                            high_precision=high_precision)
             set_gradient_mode(model, pulse_delta, dist_k)  # the recipe's, also when branching from a parent
             return model, {}
-        report = {"fp_top1": self.evaluate(model)["top1"]}
+        k = self.metric
+        report = {f"fp_{k}": self.evaluate(model)[k]}
         report["prologue"] = float_prologue(model, calib[0], calib, opts)
-        report["fp_top1_prologue"] = self.evaluate(model)["top1"]  # after BN fold + CLE
+        report[f"fp_{k}_prologue"] = self.evaluate(model)[k]  # after BN fold + CLE
         cle = report["prologue"].get("cle", {})
         report.update({f"cle_{k}": cle[k] for k in ("pairs_kept", "pairs_reverted", "relu6_replaced") if k in cle})
         report["quantize"] = quantize_prologue(model, c.bits, calib, opts, per_channel=recipe.per_channel,
-                                               pulse_delta=pulse_delta, dist_k=dist_k)
-        report["init_top1"] = self.evaluate(model)["top1"]
+                                               pulse_delta=pulse_delta, dist_k=dist_k, high_precision=high_precision)
+        report[f"init_{k}"] = self.evaluate(model)[k]
         return model, report
 
     # --------------------------------------------------------------- schedule
@@ -255,7 +287,7 @@ class Trainer:
         state_ckpt = ckpt.load(resume_from or branch) if (resume_from or branch) else None
 
         if c.is_fp:
-            model = build_model(c.model, c.preset_value("model_size")).to(self.device)
+            model = self.build_net().to(self.device)
             report = {}
         elif state_ckpt is not None:
             model, report = self.quantized_model(init=False)
@@ -318,15 +350,17 @@ class Trainer:
                 if c.preset_value("val_every_epoch") or epoch + 1 in (tau_epoch, epochs):
                     eval_model = next((m for m in (h.eval_model() for h in hooks) if m is not None), model)
                     val = self.evaluate(eval_model)
-                    metrics.update({"val/top1": val["top1"], "val/loss": val["loss"]})
+                    metrics.update({f"val/{k}": v for k, v in val.items() if k != "metric"})
                 for h in hooks:
                     metrics.update(h.epoch_metrics(state))
                 self.log(metrics)
                 history.append(metrics)
                 if is_main():
-                    val_text = f" val top-1 {metrics['val/top1']:.2f}%" if "val/top1" in metrics else ""
+                    val_key = f"val/{self.metric}"
+                    val_text = f" val {self.metric} {metrics[val_key]:.2f}%" if val_key in metrics else ""
+                    train_acc = f" train top-1 {train_metrics['train/top1']:.2f}%" if "train/top1" in train_metrics else ""
                     print(f"[qat] {c.run_name} epoch {epoch + 1}/{epochs}: train loss {train_metrics['train/loss']:.4f}"
-                          f" train top-1 {train_metrics['train/top1']:.2f}%{val_text}", flush=True)
+                          f"{train_acc}{val_text}", flush=True)
                 payload = self.checkpoint_payload(model, optimizer, scheduler, hooks, state, epoch + 1, report)
                 if self.logger is not None:
                     self.logger.commit()  # the epoch's row reaches disk before the checkpoint says it is done
@@ -362,7 +396,7 @@ class Trainer:
         if not path.is_file():
             if is_main():
                 print(f"[qat] {self.cfg.recipe} branches from {parent_recipe} at {point}: running it first", flush=True)
-            Trainer(parent_cfg).run()
+            type(self)(parent_cfg).run()
             barrier()
         if not path.is_file():
             raise ckpt.CheckpointError(f"parent run {parent_dir} left no {path.name}")
@@ -381,10 +415,8 @@ class Trainer:
                    disable=not is_main() or os.environ.get("TQDM_DISABLE", "") not in ("", "0"),
                    desc=f"{c.recipe} ep {epoch + 1}/{epochs}", dynamic_ncols=True)
         t0 = time.time()
-        for i, (x, y) in enumerate(bar):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            logits = train_model(x)
-            loss = F.cross_entropy(logits, y)
+        for i, batch in enumerate(bar):
+            loss, n, batch_correct = self.batch_loss(train_model, self.move(batch))
             extra = [e for e in (h.extra_loss(state) for h in hooks) if e is not None]
             total = loss + sum(extra) if extra else loss
             optimizer.zero_grad(set_to_none=True)
@@ -399,9 +431,10 @@ class Trainer:
                 h.after_optimizer_step(state)
             state.iteration += 1
             self.global_step = state.iteration
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum()
-            seen += len(y)
+            loss_sum += loss.detach() * n
+            if batch_correct is not None:
+                correct += batch_correct
+            seen += n
             if layers and len(layers) >= 3 and state.iteration > fig1_from and is_main():
                 self.log_fig1_trace(layers, state.iteration)
             if (i + 1) % c.log_every == 0 or i + 1 == len(self.train_data):
@@ -409,13 +442,16 @@ class Trainer:
                 if not math.isfinite(running):
                     raise NonFiniteLoss(f"non-finite training loss at iteration {state.iteration} (epoch {epoch + 1}) "
                                         f"of {c.run_name}: lower --lr or check the data")
-                bar.set_postfix(loss=f"{running:.3f}", acc=f"{100 * float(correct) / seen:.1f}")
+                bar.set_postfix(loss=f"{running:.3f}", **({} if batch_correct is None else
+                                                         {"acc": f"{100 * float(correct) / seen:.1f}"}))
                 self.log({"train/loss_running": running})
             if c.max_iterations is not None and state.iteration >= c.max_iterations:
                 break
         loss_total, correct_total, seen_total = all_reduce_sum([float(loss_sum), float(correct), seen], self.device)
-        return {"train/loss": loss_total / seen_total, "train/top1": 100 * correct_total / seen_total,
-                "time/epoch_s": time.time() - t0}
+        out = {"train/loss": loss_total / seen_total, "time/epoch_s": time.time() - t0}
+        if batch_correct is not None:
+            out["train/top1"] = 100 * correct_total / seen_total
+        return out
 
     @torch.no_grad()
     def log_fig1_trace(self, layers, iteration: int):
@@ -444,12 +480,11 @@ class Trainer:
         c = self.cfg
         result = {"model": c.model, "recipe": c.recipe, "bits": None if c.is_fp else c.bits, "seed": c.seed,
                   "preset": c.preset, "table": c.table}
-        trained = self.evaluate(model)
-        result["top1_trained"] = trained["top1"]
+        k = self.metric
+        result[f"{k}_trained"] = self.evaluate(model)[k]
         if not c.is_fp:
-            result["fp_top1"] = report.get("fp_top1")
-            result["fp_top1_prologue"] = report.get("fp_top1_prologue")
-            result["init_top1"] = report.get("init_top1")
+            for key in (f"fp_{k}", f"fp_{k}_prologue", f"init_{k}"):
+                result[key] = report.get(key)
             result.update({k: v for k, v in report.items() if k.startswith("cle_")})
             for h in hooks:
                 result.update({k: v for k, v in h.epoch_metrics(state).items() if not k.startswith("osc/") or
@@ -460,17 +495,17 @@ class Trainer:
                 if is_main():
                     print(f"[qat] {c.run_name}: post step {post.name}", flush=True)
                 result.update(post.run(model, task))
-        result["top1"] = self.evaluate(model)["top1"]
+        result[k] = self.evaluate(model)[k]
         if c.is_fp and is_main():
-            ckpt.save({"model": model.state_dict(), "config": c.to_dict(), "top1": result["top1"]},
-                      fp_cache_path(c.model, c.preset))
+            ckpt.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]},
+                      self.fp_cache())
         if is_main():
             ckpt.save({"model": model.state_dict(), "result": result}, self.run_dir / "final.pt")
             if self.logger is not None:
                 self.logger.summary({k: v for k, v in result.items() if v is not None})
                 self.logger.finish(0)
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
-            print(f"[qat] {c.run_name}: top-1 {result['top1']:.2f}%", flush=True)
+            print(f"[qat] {c.run_name}: {k} {result[k]:.2f}%", flush=True)
         barrier()
         return result
 

@@ -1,0 +1,140 @@
+"""SSD-MobileNetV2 and YOLOX through the classification training loop (`python -m qat.detection --model yolox_nano`).
+
+The loop, resume, branching, DDP, W&B logging, the prologue and every recipe's hooks and post steps are
+the classification Trainer's (qat/train/classification.py); this subclass swaps the task: COCO-format
+detection batches (qat/data/detection.py), the detector's own loss, and COCO mAP@[.5:.95] from the one
+evaluator (qat/detection/coco_eval.py) as the headline metric `map` (in %).
+
+Data: FMNIST-Det at the smoke/proxy presets (generated on first use); MS COCO at the paper preset
+(`--data` = the COCO root with train2017/, val2017/ and annotations/instances_{train,val}2017.json,
+plus `--fp-checkpoint`).
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..config import RunConfig, fp_cache_path
+from ..data.detection import detection_data, layout
+from ..train.classification import Trainer, bare
+from .coco_eval import coco_map
+from .torch_detectors import TORCH_DETECTORS, build_torch_detector
+
+warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)
+
+_COMMON = dict(val_every_epoch=False, model_size=None, train_subset=None, test_subset=None, fp_train_subset=None,
+               lr_step_fraction=0.4)
+TORCH_DET_PRESETS: dict[str, dict] = {
+    # Seconds on a CPU: proves every path runs (tests, CI).
+    "smoke": dict(_COMMON, val_every_epoch=True, dataset="fmnist-det", fmnist_det="smoke", imgsz=64, batch_size=8,
+                  fp_epochs=1, fp_lr=0.01, qat_epochs=2, qat_lr=1e-3, calib_batches=2, afw_epochs=0.5, qc_epochs=0.5,
+                  adaround_iterations=10, step_only_epochs=0.5, lr_step_fraction=0.5),
+    # FMNIST-Det proxy (4000 train / 500 val images, 128 px) on a 2-core CPU, the Ultralytics detectors' budget.
+    "proxy": dict(_COMMON, dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch_size=16, fp_epochs=4,
+                  fp_lr=0.01, qat_epochs=5, qat_lr=1e-3, calib_batches=16, afw_epochs=0.5, qc_epochs=1,
+                  adaround_iterations=300, step_only_epochs=1),
+    "proxy-gpu": dict(_COMMON, val_every_epoch=True, dataset="fmnist-det", fmnist_det="proxy", imgsz=128,
+                      batch_size=64, fp_epochs=100, fp_lr=0.02, qat_epochs=30, qat_lr=1e-3, calib_batches=32,
+                      afw_epochs=3, qc_epochs=1, adaround_iterations=2000, step_only_epochs=2),
+    # The paper (§V): COCO 2017, SGD lr 1e-3, 80 ScaleGrad + 20 EAD epochs, 10 AFW; FP weights from a checkpoint.
+    "paper": dict(_COMMON, val_every_epoch=True, dataset="coco", fmnist_det=None, imgsz=640, batch_size=64,
+                  fp_epochs=None, fp_lr=None, qat_epochs=100, qat_lr=1e-3, calib_batches=32, afw_epochs=10,
+                  qc_epochs=1, adaround_iterations=10000, step_only_epochs=1),
+}
+
+
+@dataclass
+class TorchDetectionConfig(RunConfig):
+    model: str = "yolox_nano"
+    cle: bool = False                    # off like the YOLO detectors (YOLOX has SiLU); SSD may turn it on
+    imgsz: int | None = None             # overrides the preset's square input size (SSD paper layout from 161 px)
+    workers: int = 0                     # data-loader processes (raise it for COCO)
+    presets: ClassVar[dict[str, dict]] = TORCH_DET_PRESETS
+
+
+class TorchDetectionTrainer(Trainer):
+    metric = "map"
+
+    def setup_data(self):
+        c = self.cfg
+        if c.data:  # a COCO 2017 root, or any set in FMNIST-Det's layout
+            images, annotations, splits = layout(c.data)
+            self.data_digest = _digest(Path(c.data).resolve().as_posix())
+        elif c.preset_value("dataset") == "coco":
+            raise ValueError("the paper preset needs --data pointing at a COCO root "
+                             "(train2017/, val2017/, annotations/instances_{train,val}2017.json)")
+        else:
+            from ..data.fmnist_det import build_fmnist_det
+            ds = build_fmnist_det(c.preset_value("fmnist_det"))
+            images, annotations, splits = layout(ds.root)
+            self.data_digest = ds.config.digest()[:8]
+        self.val_json = annotations / f"instances_{splits[1]}.json"
+        train, calib, val = detection_data(images, annotations, self.imgsz, self.batch_size, c.seed,
+                                           c.train_subset, self.rank, self.world, c.workers, splits)
+        self.cat_ids = val.dataset.cat_ids
+        return train, calib, val
+
+    @property
+    def imgsz(self) -> int:
+        return self.cfg.imgsz or self.cfg.preset_value("imgsz")
+
+    def fp_cache(self) -> Path:
+        # keyed by the FMNIST-Det digest: a regenerated data set never meets a stale FP model
+        return fp_cache_path(f"{self.cfg.model}-det", f"{self.cfg.preset}-{self.data_digest}")
+
+    def build_net(self) -> nn.Module:
+        return build_torch_detector(self.cfg.model, len(self.cat_ids), self.imgsz)
+
+    def move(self, batch):
+        x, targets, info = batch
+        dev = self.device
+        return (x.to(dev, non_blocking=True),
+                [{"boxes": t["boxes"].to(dev), "labels": t["labels"].to(dev)} for t in targets], info)
+
+    def batch_loss(self, model, batch):
+        x, targets, _ = batch
+        return model(x, targets), len(x), None
+
+    def high_precision_layers(self, model: nn.Module) -> list[str]:
+        return bare(model).high_precision_layers()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict:
+        """COCO mAP of the whole val split (every rank evaluates it all: mAP is not a sum over shards)."""
+        model = bare(model)
+        was_training = model.training
+        model.eval()
+        dets = []
+        try:
+            for batch in self.test_data.epoch(0):
+                x, _, info = self.move(batch)
+                for d, (image_id, scale) in zip(model.detect(x), info):
+                    boxes = (d["boxes"] / scale).tolist()
+                    for (x1, y1, x2, y2), s, label in zip(boxes, d["scores"].tolist(), d["labels"].tolist()):
+                        dets.append({"image_id": image_id, "category_id": self.cat_ids[label],
+                                     "bbox": [x1, y1, x2 - x1, y2 - y1], "score": s})
+        finally:
+            model.train(was_training)
+        res = coco_map(dets, self.val_json)
+        return {"metric": res["metric"], "map": res["metric"], "map50": 100 * res["map50"]}
+
+
+def _digest(text: str) -> str:
+    import hashlib
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def main(argv=None) -> int:
+    from ..cli import main as cli_main
+    return cli_main(argv, TorchDetectionConfig, TorchDetectionTrainer, models=list(TORCH_DETECTORS),
+                    prog="python -m qat.detection")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
