@@ -65,3 +65,16 @@ class OscillationTracker:
     def fraction_oscillating(self, threshold: float = 0.005) -> float:
         """Share of weights whose oscillation frequency exceeds `threshold` (a host sync: logging only)."""
         return 0.0 if self.frequency is None else float((self.frequency > threshold).float().mean())
+
+
+@torch.no_grad()
+def bin_position_histogram(model, bins: int = 50) -> dict:
+    """Fig. 1(a): the 2nd quantized layer's latent weights by position within their bin, v − round(v), v = w/s."""
+    from .modules import quant_layers
+    layers = [layer for _, layer in quant_layers(model)]
+    if len(layers) < 2:
+        return {}
+    second = layers[1]
+    v = (second.weight / second.weight_quant.step).detach().flatten()
+    counts = torch.histc((v - torch.round(v)).float(), bins=bins, min=-0.5, max=0.5)
+    return {"fig1a/bin_position_counts": counts.tolist()}

@@ -48,6 +48,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ..hooks import TrainState
 from ..modules import quant_layers, set_gradient_mode, step_parameters
+from ..oscillation import bin_position_histogram
 from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
 from ..recipes import MethodConfig, get_recipe, make_hooks, make_post_steps
 from .coco_eval import coco_map, load_coco
@@ -547,6 +548,7 @@ class QATDetectionTrainer(DetectionTrainer):
                 for h in self.hooks:
                     self.results.update({k: v for k, v in h.epoch_metrics(self.state).items()
                                          if not k.startswith("osc/") or k == "osc/fraction_oscillating"})
+                self.results.update(bin_position_histogram(model))  # Fig. 1(a), before the post steps
                 task = DetectionTask(self)
                 for post in self.post_steps:
                     LOGGER.info(f"[qat] {run.name}: post step {post.name}")

@@ -24,6 +24,7 @@ from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
 from ..models import build_model
 from ..modules import quant_layers, set_gradient_mode, step_parameters
+from ..oscillation import bin_position_histogram
 from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
 from ..recipes import get_recipe, make_hooks, make_post_steps
 from . import checkpoint as ckpt
@@ -489,7 +490,7 @@ class Trainer:
             for h in hooks:
                 result.update({k: v for k, v in h.epoch_metrics(state).items() if not k.startswith("osc/") or
                                k == "osc/fraction_oscillating"})
-            result.update(self.fig1a_histogram(model))
+            result.update(bin_position_histogram(model))
             task = ClassificationTask(self)
             for post in make_post_steps(get_recipe(c.recipe), self._post_cfg()):
                 if is_main():
@@ -514,16 +515,6 @@ class Trainer:
         m, p = self.cfg.methods, self.cfg.preset_value
         budgets = ("afw_epochs", "qc_epochs", "adaround_iterations", "step_only_epochs")
         return replace(m, **{k: p(k) for k in budgets if getattr(m, k) is None})
-
-    def fig1a_histogram(self, model) -> dict:
-        """Fig. 1(a): the 2nd quantized layer's latent weights by position within their bin, v − round(v)."""
-        layers = [layer for _, layer in quant_layers(model)]
-        if len(layers) < 2:
-            return {}
-        second = layers[1]
-        v = (second.weight / second.weight_quant.step).detach().flatten()
-        counts = torch.histc((v - torch.round(v)).float(), bins=50, min=-0.5, max=0.5)
-        return {"fig1a/bin_position_counts": counts.tolist()}
 
 
 def _fp_subset(cfg: RunConfig):
