@@ -59,3 +59,14 @@ def test_rank_shards_make_up_the_global_batch(monkeypatch):
 def test_missing_directory_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="Fashion-MNIST not found"):
         fm.find_dir(tmp_path / "nothing")
+
+
+def test_evaluation_shards_cover_every_image_once(monkeypatch):
+    """Under DDP the summed evaluation counts must not include padding duplicates (10 images, 3 ranks)."""
+    data = torch.utils.data.TensorDataset(torch.arange(10.0), torch.arange(10))
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(cd, "_rank_world", lambda rank=rank: (rank, 3))
+        batches = cd.LoaderBatches(data, batch_size=6, seed=0, train=False, workers=0)
+        seen += [int(y) for _, ys in batches.epoch(0) for y in ys]
+    assert sorted(seen) == list(range(10))

@@ -105,15 +105,21 @@ IMAGENET_CALIB = 4096          # held-out training images for calibration (--cal
 
 
 class LoaderBatches:
-    """A DataLoader with a DistributedSampler behind the `epoch(e)` / `len()` interface."""
+    """A DataLoader behind the `epoch(e)` / `len()` interface: training shuffles through a DistributedSampler;
+    evaluation reads every world-th image in order, unpadded (DistributedSampler would repeat images to even
+    out the shards, and the summed counts would then include duplicates)."""
 
     def __init__(self, dataset, batch_size: int, seed: int, train: bool, workers: int, shard: bool = True):
-        from torch.utils.data import DataLoader, DistributedSampler
+        from torch.utils.data import DataLoader, DistributedSampler, Subset
         rank, world = _rank_world() if shard else (0, 1)
         if train and batch_size % world:
             raise ValueError(f"batch size {batch_size} is not divisible by the {world} processes")
-        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=seed,
-                                          drop_last=train)
+        if train:
+            self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                              drop_last=True)
+        else:
+            self.sampler = None
+            dataset = Subset(dataset, range(rank, len(dataset), world)) if world > 1 else dataset
         self.loader = DataLoader(dataset, batch_size=max(1, batch_size // world), sampler=self.sampler,
                                  num_workers=workers, pin_memory=torch.cuda.is_available(), drop_last=train,
                                  persistent_workers=False)
@@ -122,7 +128,8 @@ class LoaderBatches:
         return len(self.loader)
 
     def epoch(self, e: int):
-        self.sampler.set_epoch(e)
+        if self.sampler is not None:
+            self.sampler.set_epoch(e)
         return iter(self.loader)
 
 
