@@ -104,12 +104,11 @@ def fmt(values: list[float]) -> str:
 
 
 def fp_values(runs: dict, table: str, model: str, key: str = "fp_top1") -> list[float]:
-    """FP accuracy as recorded by the QAT runs of `model` (one value per seed, they share one FP model)."""
-    vals = {}
-    for name, r in runs.items():
-        if name.startswith(f"{table}/{model}/") and r.finished and r.summary.get(key) is not None:
-            vals[name.rsplit("/s", 1)[-1]] = float(r.summary[key])
-    return list(vals.values())
+    """FP accuracy as recorded by the QAT runs of `model`, one value per distinct FP model: every seed's QAT
+    starts from the one cached FP model, so n counts FP models, not QAT seeds."""
+    vals = {float(r.summary[key]) for name, r in runs.items()
+            if name.startswith(f"{table}/{model}/") and r.finished and r.summary.get(key) is not None}
+    return sorted(vals)
 
 
 def paper_value(table: str, model: str, recipe: str, bits: int):
