@@ -30,7 +30,8 @@ def main(argv=None):
              "(absent, crashed or still running).",
              "Metric: OD = mAP@[.5:.95] (%) on FMNIST-Det at the smoke/proxy presets (MS COCO at the paper preset); "
              "CLS = top-1 (%) on Fashion-MNIST at the smoke/proxy presets (ImageNet-1k at the paper preset).",
-             "FP: the FP model as recorded by the QAT runs (fp_map / fp_top1, before the BN-fold prologue); n counts distinct FP models (the seeds share one).",
+             "FP: the FP model as recorded by the QAT runs (fp_map / fp_top1, before the BN-fold prologue); "
+             "n counts distinct FP models (the seeds share one).",
              "Ours = recipe scalegrad+ead+afw (ScaleGrad, then EAD with oscillating weights frozen after τ, "
              "then AFW).",
              "Damp and Freeze (Nagel et al. 2022) run with BN folded before QAT, like every recipe here; "

@@ -91,8 +91,9 @@ def _ssd_class():
                 return out
             anchors = self._anchors(x, features)
             targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]  # 0 = background
-            matched = [self.proposal_matcher(box_ops.box_iou(t["boxes"], a)) if t["boxes"].numel() else
-                       torch.full((a.size(0),), -1, dtype=torch.int64, device=a.device) for t, a in zip(targets, anchors)]
+            unmatched = lambda a: torch.full((a.size(0),), -1, dtype=torch.int64, device=a.device)  # noqa: E731
+            matched = [self.proposal_matcher(box_ops.box_iou(t["boxes"], a)) if t["boxes"].numel() else unmatched(a)
+                       for t, a in zip(targets, anchors)]
             losses = self.compute_loss(targets, out, anchors, matched)
             return losses["bbox_regression"] + losses["classification"]
 
