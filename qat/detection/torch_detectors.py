@@ -118,7 +118,10 @@ YOLOX_VARIANTS = {"yolox_nano": dict(depth=0.33, width=0.25, depthwise=True),
 
 
 class YOLOXDetector(nn.Module):
-    """YOLOX (PAFPN + decoupled head, SimOTA loss) from the `yolox` package, inputs scaled to its 0–255 range."""
+    """YOLOX (PAFPN + decoupled head, SimOTA loss) from the `yolox` package.
+
+    Inputs stay in [0, 1] (Megvii feeds 0–255): once BN is folded into the stem conv, a 0–255 input makes the
+    stem's weight gradient ~255× its weights' scale and the first QAT step destroys the stem."""
 
     def __init__(self, variant: str, num_classes: int):
         super().__init__()
@@ -134,7 +137,6 @@ class YOLOXDetector(nn.Module):
         self.net.head.initialize_biases(1e-2)
 
     def forward(self, x, targets=None):
-        x = x * 255.0
         if targets is None:
             return self.net(x)
         head = self.net.head
