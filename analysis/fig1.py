@@ -42,16 +42,21 @@ def main(argv=None) -> int:
     counts = run.summary.get("fig1a/bin_position_counts")
     traces = sorted({k for row in run.history for k in row if k.startswith("fig1/w2_ch0/")},
                     key=lambda k: int(k.rsplit("/", 1)[1]))
-    if counts is None or not traces:
+    if counts is None and not traces:
         print(f"error: run {run.name} has no Fig. 1 data (fig1a/bin_position_counts, fig1/w2_ch0/*)", file=sys.stderr)
         return 2
     panels = 3 if args.freeze_run else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6))
 
-    edges = [-0.5 + i / len(counts) for i in range(len(counts) + 1)]
-    axes[0].stairs(counts, edges, fill=True, alpha=0.7)
     axes[0].set(xlabel="w/s − round(w/s)  (position in the bin)", ylabel="weights",
                 title="(a) 2nd layer latent weights")
+    if counts is not None:
+        edges = [-0.5 + i / len(counts) for i in range(len(counts) + 1)]
+        axes[0].stairs(counts, edges, fill=True, alpha=0.7)
+    else:  # runs logged before the histogram existed (Ultralytics runs before 2026-11-27)
+        print(f"warning: run {run.name} logged no fig1a/bin_position_counts: panel (a) left empty", file=sys.stderr)
+        axes[0].text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=axes[0].transAxes)
+        axes[0].set_xlim(-0.5, 0.5)
 
     for key in traces:
         steps = [row["_step"] for row in run.history if key in row]
