@@ -25,6 +25,7 @@ from ..data.detection import detection_data, layout
 from ..train.classification import Trainer, bare
 from .coco_eval import coco_map
 from .torch_detectors import TORCH_DETECTORS, build_torch_detector
+from .train import _digest  # the data-digest rule of the Ultralytics runs' FP cache
 
 warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)
 
@@ -123,11 +124,6 @@ class TorchDetectionTrainer(Trainer):
             model.train(was_training)
         res = coco_map(dets, self.val_json)
         return {"metric": res["metric"], "map": res["metric"], "map50": 100 * res["map50"]}
-
-
-def _digest(text: str) -> str:
-    import hashlib
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def main(argv=None) -> int:
