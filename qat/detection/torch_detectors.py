@@ -11,6 +11,7 @@ Inputs are RGB in [0, 1], letterboxed to a square (qat/data/detection.py).
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from functools import partial
 
@@ -18,6 +19,8 @@ import torch
 from torch import nn
 
 TORCH_DETECTORS = ("ssd_mobilenetv2", "yolox_nano", "yolox_tiny")
+# yolox's SimOTA assignment calls the deprecated torch.cuda.amp.autocast on every training step
+warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)
 
 
 # ------------------------------------------------------------------------------------ SSD-MobileNetV2

@@ -12,7 +12,6 @@ plus `--fp-checkpoint`).
 from __future__ import annotations
 
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -26,8 +25,6 @@ from ..train.classification import Trainer, bare
 from .coco_eval import coco_map
 from .torch_detectors import TORCH_DETECTORS, build_torch_detector
 from .train import _digest  # the data-digest rule of the Ultralytics runs' FP cache
-
-warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast.*", category=FutureWarning)
 
 _COMMON = dict(val_every_epoch=False, model_size=None, train_subset=None, test_subset=None, fp_train_subset=None,
                lr_step_fraction=0.4)
