@@ -19,3 +19,12 @@ def smoke_env(tmp_path_factory):
     env = tool_env(tmp, QAT_CHECKPOINTS=tmp / "checkpoints")
     run_train(["--recipe", "fp", "--preset", "smoke", "--no-wandb", "--table", "fp"], env)
     return env
+
+
+@pytest.fixture()
+def dirs(tmp_path, monkeypatch):
+    """Runs, cached FP checkpoints and offline W&B runs of one test, all under its tmp_path."""
+    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    return tmp_path

@@ -13,14 +13,6 @@ pytest.importorskip("ultralytics")
 TINY = FMNISTDetConfig(train_size=16, val_size=8, canvas=64, min_size=12, max_size=40, seed=2)
 
 
-@pytest.fixture()
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    return tmp_path
-
-
 @pytest.mark.slow
 def test_fp_then_ours_branching_from_scalegrad_with_afw_and_wandb(dirs):
     from qat.logging.run_reader import read_local_runs

@@ -99,14 +99,6 @@ def test_batches_are_deterministic_and_shard_by_rank(tiny):
     assert sorted(ids(r0, 1) + ids(r1, 1)) == sorted(ids(a, 1)) and not set(ids(r0, 1)) & set(ids(r1, 1))
 
 
-@pytest.fixture()
-def dirs(tmp_path, monkeypatch):
-    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    return tmp_path
-
-
 def test_yolox_fp_then_ours_runs_hooks_and_post_steps_and_logs_map(tiny, dirs):
     from qat.detection.torch_train import TorchDetectionConfig, TorchDetectionTrainer
     from qat.logging.run_reader import read_local_runs
