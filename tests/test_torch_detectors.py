@@ -122,6 +122,10 @@ def test_ssd_lsq_smoke_run_reports_map(tiny, dirs):
                                data=str(tiny.root), epochs=1, imgsz=64, wandb=False)
     result = TorchDetectionTrainer(cfg).run()
     assert result["recipe"] == "lsq" and 0.0 <= result["map"] <= 100.0 and "init_map" in result
+    # the run trained the quantized detector: every conv of the architecture has a weight step in the final model
+    state = torch.load(cfg.run_dir / "final.pt", weights_only=False)["model"]
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in build_torch_detector("ssd_mobilenetv2", 10, 64).modules())
+    assert sum(k.endswith("weight_quant.step") for k in state) == n_convs
 
 
 def test_paper_preset_runs_two_iterations_on_a_tiny_coco_format_set(tiny, dirs):
