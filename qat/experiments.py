@@ -73,6 +73,18 @@ def command(spec: RunSpec, preset: str, device: str, extra: list[str]) -> list[s
             "--seed", str(spec.seed), "--preset", preset, "--table", spec.table, "--device", device, "--resume", *extra]
 
 
+def default_jobs(device: str) -> int:
+    """One run at a time on a GPU; on a CPU one single-threaded run per core (up to 4), which on small
+    proxy models is faster than one run using every core."""
+    if device.startswith("cuda"):
+        return 1
+    if device in ("auto", ""):
+        import torch
+        if torch.cuda.is_available():
+            return 1
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("config", type=Path)
@@ -82,8 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=os.environ.get("MODELS"), help="restrict to these models (comma separated)")
     p.add_argument("--recipes", default=os.environ.get("RECIPES"),
                    help="restrict to these recipes (comma separated; a branch still trains its parent)")
-    p.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", "1")),
-                   help="run this many (model, bits, seed) groups at once (each group stays in order)")
+    p.add_argument("--jobs", type=int, default=int(os.environ["JOBS"]) if os.environ.get("JOBS") else None,
+                   help="run this many (model, bits, seed) groups at once (each group stays in order); "
+                        "default: 1 on a GPU, else one per CPU core up to 4")
     p.add_argument("--dry-run", action="store_true")
     args, extra = p.parse_known_args(argv)
     try:
@@ -91,6 +104,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.jobs is None:
+        args.jobs = default_jobs(args.device)
     seeds = [int(s) for s in (args.seeds.replace(",", " ").split() if args.seeds else cfg.get("seeds", [0]))]
     models = args.models.split(",") if args.models else None
     runs = plan(cfg, seeds, args.preset, models)
@@ -154,18 +169,24 @@ def main(argv=None) -> int:
             with lock:
                 bar.update(1)
 
-    # FP models first, one at a time: parallel groups must not train the same cached FP model twice.
-    # (An FP run that finished returns at once; a classifier's cache is checked here to skip even that.)
-    for model in dict.fromkeys(r.model for r in todo if r.model not in ULTRALYTICS_DETECTORS and not reuse[r]):
-        if args.preset != "paper" and (model in TORCH_DETECTORS or not fp_cache_path(model, args.preset).is_file()):
-            tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
-            fp_cmd = [sys.executable, "-m", "qat.detection" if model in TORCH_DETECTORS else "qat.train",
-                      "--model", model, "--recipe", "fp", "--preset", args.preset,
-                      "--table", "fp", "--device", args.device, "--resume", "--no-wandb"]
-            with open(log_dir / f"fp__{model}.log", "a") as f:
-                subprocess.run(fp_cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                               env={**os.environ, "TQDM_DISABLE": "1"})
+    # FP models first, each model once (parallel groups must not train the same cached FP model twice),
+    # different models at the same time. An FP run that finished returns at once; a classifier's cache is
+    # checked here to skip even that.
+    def train_fp(model: str) -> None:
+        tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
+        fp_cmd = [sys.executable, "-m", "qat.detection" if model in DETECTORS else "qat.train",
+                  "--model", model, "--recipe", "fp", "--preset", args.preset,
+                  "--table", "fp", "--device", args.device, "--resume", "--no-wandb"]
+        t0 = time.time()
+        with open(log_dir / f"fp__{model}.log", "a") as f:
+            proc = subprocess.run(fp_cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=job_env)
+        tqdm.write(f"[{cfg['table']}] FP {model}: " + (f"done in {time.time() - t0:.0f} s" if proc.returncode == 0
+                   else f"FAILED (exit {proc.returncode}); log: {log_dir / f'fp__{model}.log'}"))
+
+    fp_models = [m for m in dict.fromkeys(r.model for r in todo if not reuse[r])
+                 if args.preset != "paper" and (m in DETECTORS or not fp_cache_path(m, args.preset).is_file())]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        list(pool.map(train_fp, fp_models))
         list(pool.map(run_group, groups.values()))
     bar.close()
     if failed:

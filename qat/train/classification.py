@@ -518,5 +518,4 @@ class Trainer:
 
 
 def _fp_subset(cfg: RunConfig):
-    from ..config import PRESETS
-    return PRESETS[cfg.preset].get("fp_train_subset", PRESETS[cfg.preset]["train_subset"])
+    return cfg.presets[cfg.preset].get("fp_train_subset", cfg.presets[cfg.preset]["train_subset"])
