@@ -41,6 +41,24 @@ def test_rerun_reuses_the_cached_directory(tiny):
     assert manifest["config"]["train_size"] == 8 and manifest["hash"] == TINY.digest()
 
 
+def test_a_set_generated_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    """Two parallel runs that both find no cached set: the one that finishes second must not delete the
+    first one's copy (the first run may already be reading it)."""
+    import qat.data.fmnist_det as fmd
+    real_write, winner = fmd._write, []
+
+    def write_after_another_process(cfg, tmp):
+        if not winner:  # the other process generates the same set and renames it into place first
+            winner.append(None)
+            winner[0] = build_fmnist_det(TINY, tmp_path).coco_json("train").stat().st_ino
+        return real_write(cfg, tmp)
+
+    monkeypatch.setattr(fmd, "_write", write_after_another_process)
+    ds = build_fmnist_det(TINY, tmp_path)
+    assert ds.coco_json("train").stat().st_ino == winner[0]  # not replaced
+    assert [p.name for p in tmp_path.iterdir()] == [ds.root.name]  # no temporary directory left
+
+
 def test_coco_json_loads_with_pycocotools_and_matches_yolo_labels(tiny):
     from pycocotools.coco import COCO
 

@@ -236,9 +236,15 @@ def build_fmnist_det(config: FMNISTDetConfig | str = "proxy", root: str | os.Pat
                     "splits": {s: {**counts[s], "coco_sha256": _sha256(tmp / "annotations" / f"instances_{s}.json")}
                                for s in SPLITS}}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        if not force and _is_valid(ds):  # another process (a parallel run) generated the same set meanwhile:
+            return ds                    # keep its copy, which that process may already be reading
         if ds.root.exists():
             shutil.rmtree(ds.root)
-        tmp.rename(ds.root)
+        try:
+            tmp.rename(ds.root)
+        except OSError:  # lost the race between the check and the rename; the winner's copy is identical
+            if not _is_valid(ds):
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
