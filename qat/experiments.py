@@ -3,7 +3,7 @@
 Every (model, bits, seed, recipe) becomes one `python -m qat.train` (classification) or
 `python -m qat.detection` (detection) run in its own process: a finished run is skipped, a killed one
 resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (parents
-are ordered first). A classification run that another table of the same preset has finished with the
+are ordered first). A run that another table of the same preset has finished with the
 same training configuration is reused instead of trained again (qat/run_reuse.py; not when extra
 arguments pass through to the runs), and the table makers fill its cell from that run. One progress bar
 with an ETA covers the whole table. A failed run is reported and the launcher goes on; it exits non-zero
@@ -115,11 +115,11 @@ def main(argv=None) -> int:
     extra = list(cfg.get("extra_args", {}).get(args.preset, [])) + extra
 
     def reusable(r: RunSpec) -> Path | None:
-        """An identical finished run of another table. Classification only (a detection run's options come from
-        the detection CLI), and not when extra arguments change the runs. A branch recipe still finds its parent
+        """An identical finished run of another table, not when extra arguments change the runs. A branch
+        recipe still finds its parent
         through its own table (Trainer.parent_checkpoint): when the branch itself is not reusable, its parent
         is trained again in this table even if it was reused here."""
-        if extra or r.model in ULTRALYTICS_DETECTORS:
+        if extra:
             return None
         return find_identical_run(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, None)
 

@@ -105,14 +105,9 @@ def find_identical_run(preset: str, table: str, model: str, recipe: str, bits: i
                        expected_config: dict | None = None) -> Path | None:
     """The directory of a finished run of another table identical to this cell's run, or None.
 
-    Without `expected_config` the cell's default config is expected (classifiers, SSD, YOLOX); Ultralytics
-    detectors then return None (their options come from the detection CLI, so pass the config to compare against).
+    Without `expected_config` the cell's default config (what the launcher runs) is expected.
     """
     if expected_config is None:
-        from .detection.torch_detectors import TORCH_DETECTORS
-        from .experiments import DETECTORS
-        if model in DETECTORS and model not in TORCH_DETECTORS:
-            return None
         expected_config = default_config(preset, table, model, recipe, bits, seed)
     found = find_identical_record(preset, table, model, recipe, bits, seed, expected_config)
     return found[0] if found else None

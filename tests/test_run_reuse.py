@@ -162,7 +162,7 @@ def test_find_identical_run(env):
     assert find("table2", "mobilenetv2", "damp", 4, 0, None) is None  # epochs set there
     assert find("table2", "mobilenetv2", "redyolo", 4, 0, None) is None  # crashed
     assert find("table2", "mobilenetv2", "perchannel", 4, 0, None) is None  # nowhere
-    assert find("table2", "yolov8n", "lsq", 4, 0, None) is None  # detectors need the config to compare
+    assert find("table2", "yolov8n", "lsq", 4, 0, None) == run_dir(root, "table5", "yolov8n", "lsq", 4, 0)
     assert find("table2", "yolov8n", "lsq", 4, 0, expected_config=det_config("table2", "yolov8n", "lsq", 4, 0)) == \
         run_dir(root, "table5", "yolov8n", "lsq", 4, 0)
     assert find("table2", "yolov8n", "lsq", 3, 0, expected_config=det_config("table2", "yolov8n", "lsq", 3, 0)) is None

@@ -4,7 +4,7 @@
 # experiments/fig1_oscillation/config.yaml with analysis/fig1.py into analysis/out/fig1_<preset>_<model>.{png,pdf}
 # (FIG1_OUT overrides the folder):
 # (a), (b) from the lsq run, (c) from the lsq-freeze-weights run.
-# PRESET=smoke|proxy|proxy-gpu|paper (default proxy), SEEDS (the first one is drawn), DEVICE, MODELS, JOBS,
+# PRESET=smoke|proxy|proxy-long|proxy-gpu|paper (default proxy), SEEDS (the first one is drawn), DEVICE, MODELS, JOBS,
 # WANDB_MODE (default offline).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
