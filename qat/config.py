@@ -18,27 +18,31 @@ PRESETS: dict[str, dict] = {
     # Seconds on a CPU: proves every path runs (tests, CI).
     "smoke": dict(val_every_epoch=True, dataset="fashion-mnist", model_size="proxy", batch_size=32, train_subset=256, test_subset=256,
                   fp_epochs=2, fp_train_subset=2048, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=2, afw_epochs=0.5,
-                  qc_epochs=0.5, adaround_iterations=20, step_only_epochs=0.5, lr_step_fraction=0.5),
+                  qc_epochs=0.5, adaround_iterations=20, step_only_epochs=0.5, lr_step_fraction=0.5, bias_correction_batches=4),
     # Fashion-MNIST sized so that one seed of a table fits in about 30 minutes of a 2-core CPU (the main job):
-    # FP models trained once (cached, 2 epochs of 25.6k images), QAT 150 iterations (5 epochs of 3 840 images),
-    # accuracy on 5 000 test images.
-    "proxy": dict(val_every_epoch=False, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=3840, test_subset=5000,
+    # FP models trained once (cached, 2 epochs of 25.6k images), QAT 130 iterations (5 epochs of 3 328 images),
+    # bias correction on 2 batches of 128, accuracy on 5 000 test images.
+    "proxy": dict(val_every_epoch=False, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=3328, test_subset=5000,
                   fp_epochs=2, fp_train_subset=25600, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=16,
-                  afw_epochs=0.5, qc_epochs=1, adaround_iterations=100, step_only_epochs=1, lr_step_fraction=0.4),
+                  afw_epochs=0.5, qc_epochs=1, adaround_iterations=100, step_only_epochs=1, lr_step_fraction=0.4,
+                  bias_correction_batches=2),
     # The budgets of the first committed results (tables/results/proxy-long/): 2.6× the QAT iterations, the
     # full test set; hours per table on a 2-core CPU.
     "proxy-long": dict(val_every_epoch=False, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=10000, test_subset=None,
                   fp_epochs=4, fp_train_subset=None, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=32,
-                  afw_epochs=0.5, qc_epochs=1, adaround_iterations=300, step_only_epochs=1, lr_step_fraction=0.4),
+                  afw_epochs=0.5, qc_epochs=1, adaround_iterations=300, step_only_epochs=1, lr_step_fraction=0.4,
+                       bias_correction_batches=4),
     # Same as proxy with the bigger budgets one GPU affords.
     "proxy-gpu": dict(val_every_epoch=True, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=None, test_subset=None,
                       fp_epochs=20, fp_train_subset=None, fp_lr=0.05, qat_epochs=20, qat_lr=0.01, calib_batches=32,
-                      afw_epochs=2, qc_epochs=1, adaround_iterations=2000, step_only_epochs=2, lr_step_fraction=0.4),
+                      afw_epochs=2, qc_epochs=1, adaround_iterations=2000, step_only_epochs=2, lr_step_fraction=0.4,
+                      bias_correction_batches=4),
     # The paper (§V): ImageNet, SGD lr 1e-3, momentum 0.9, wd 1e-5, batch 128, StepLR,
     # 80 epochs ScaleGrad + 20 EAD + 10 AFW; FP weights from a local checkpoint.
     "paper": dict(val_every_epoch=True, dataset="imagenet", model_size="paper", batch_size=128, train_subset=None, test_subset=None,
                   fp_epochs=None, fp_lr=None, qat_epochs=100, qat_lr=1e-3, calib_batches=32, afw_epochs=10,
-                  qc_epochs=1, adaround_iterations=10000, step_only_epochs=1, lr_step_fraction=0.4),
+                  qc_epochs=1, adaround_iterations=10000, step_only_epochs=1, lr_step_fraction=0.4,
+                  bias_correction_batches=4),
 }
 
 

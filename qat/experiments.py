@@ -171,7 +171,8 @@ def main(argv=None) -> int:
 
     # FP models first, each model once (parallel groups must not train the same cached FP model twice),
     # different models at the same time. An FP run that finished returns at once; a classifier's cache is
-    # checked here to skip even that.
+    # checked here to skip even that. FP runs are submitted before every group, so a group waiting for its
+    # FP model holds a worker only while that FP run is already running in another.
     def train_fp(model: str) -> None:
         tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
         fp_cmd = [sys.executable, "-m", "qat.detection" if model in DETECTORS else "qat.train",
@@ -186,8 +187,16 @@ def main(argv=None) -> int:
     fp_models = [m for m in dict.fromkeys(r.model for r in todo if not reuse[r])
                  if args.preset != "paper" and (m in DETECTORS or not fp_cache_path(m, args.preset).is_file())]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        list(pool.map(train_fp, fp_models))
-        list(pool.map(run_group, groups.values()))
+        # A group starts as soon as its own model's FP is trained, while other FP models still train.
+        fp_done = {m: pool.submit(train_fp, m) for m in fp_models}
+
+        def after_fp(group: list[RunSpec]) -> None:
+            if group[0].model in fp_done:
+                fp_done[group[0].model].result()
+            run_group(group)
+
+        for future in [pool.submit(after_fp, g) for g in groups.values()]:
+            future.result()
     bar.close()
     if failed:
         print(f"[{cfg['table']}] {len(failed)} run(s) failed: " + ", ".join(failed), file=sys.stderr)

@@ -13,6 +13,7 @@ import csv
 import importlib
 import os
 import statistics
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -293,15 +294,35 @@ for it in range(10):
     lg.log({{"fig1c/weight_step": 0.1 + 0.001 * (it % 3), "fig1c/act_step": 0.2 - 0.001 * (it % 2)}}, step=it)
 lg.summary({{"top1": 79.0}})
 lg.finish()
+# YOLOv8-n's LSQ run exists only in Table V, with the configuration Table I would give it: the launcher reuses
+# it, and so must the figure.
+from dataclasses import asdict
+from qat.detection.train import DetectionConfig
+name = "table5/yolov8n/lsq/w4a4/s0"
+det = asdict(DetectionConfig(model="yolov8n", recipe="lsq", bits=4, seed=0, preset=root.name, table="table5"))
+lg = RunLogger(root / name, name=name, group="table5", tags=run_tags("yolov8n", "lsq", 4),
+               config={{"detection_config": det}})
+for it in range(10):
+    lg.log({{f"fig1/w2_ch0/{{j}}": 0.1 * j - 0.01 * (it % 2) for j in range(3)}}, step=it)
+lg.summary({{"map": 20.0}})
+lg.finish()
+(root / name / "result.json").write_text("{{}}")
 """
     proc = subprocess.run([sys.executable, "-c", writer, str(runs_root / PRESET)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run(["bash", "experiments/fig1_oscillation/run.sh", "--dry-run"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # yolov8n's runs are missing
-    assert "[fig1] yolov8n: missing run table1/yolov8n/lsq/w4a4/s0" in proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # yolov8n's frozen-weights run is missing
+    assert "[fig1] yolov8n: missing run table1/yolov8n/lsq-freeze-weights/w4a4/s0" in proc.stderr
     assert "[table1] preset smoke: 4 runs" in proc.stdout  # the launcher ran on Table I's config
-    for ext in ("png", "pdf"):
-        assert (tmp_path / "fig" / f"fig1_{PRESET}_mobilenetv2.{ext}").stat().st_size > 0
+    for model in ("mobilenetv2", "yolov8n"):  # yolov8n's (a), (b) from the reused Table V run
+        for ext in ("png", "pdf"):
+            assert (tmp_path / "fig" / f"fig1_{PRESET}_{model}.{ext}").stat().st_size > 0
+
+    shutil.rmtree(runs_root / PRESET / "table5")  # no run anywhere: reported, no figure
+    shutil.rmtree(tmp_path / "fig")
+    proc = subprocess.run(["bash", "experiments/fig1_oscillation/run.sh", "--dry-run"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "[fig1] yolov8n: missing run table1/yolov8n/lsq/w4a4/s0" in proc.stderr
     assert not list((tmp_path / "fig").glob("fig1_*yolov8n*"))

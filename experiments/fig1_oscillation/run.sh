@@ -3,7 +3,7 @@
 # with experiments/table1_freeze: a finished run is skipped), then draws one figure per model of
 # experiments/fig1_oscillation/config.yaml with analysis/fig1.py into analysis/out/fig1_<preset>_<model>.{png,pdf}
 # (FIG1_OUT overrides the folder):
-# (a), (b) from the lsq run, (c) from the lsq-freeze-weights run.
+# (a), (b) from the lsq run, (c) from the lsq-freeze-weights run (or the identical runs of other tables they reuse).
 # PRESET=smoke|proxy|proxy-long|proxy-gpu|paper (default proxy), SEEDS (the first one is drawn), DEVICE, MODELS, JOBS,
 # WANDB_MODE (default offline).
 set -uo pipefail
@@ -19,9 +19,15 @@ read -r -a FIG_MODELS <<< "$(python -c "import yaml; c = yaml.safe_load(open('ex
 SEED="$(echo "${SEEDS:-0}" | tr ',' ' ' | awk '{print $1}')"
 OUT="${FIG1_OUT:-$REPO/analysis/out}"
 has_run() { [[ -d "$1" ]] && [[ -n "$(find "$1" -name 'run-*.wandb' -print -quit 2>/dev/null)" ]]; }
+# Table I's run directory, or the identical run of another table that the launcher reused instead.
+run_of() {
+  local own="$RUNS/$1/$2/w4a4/s$SEED"
+  if has_run "$own"; then echo "$own"; return; fi
+  python -c "from qat.run_reuse import find_identical_run as f; print(f('$PRESET', 'table1', '$1', '$2', 4, $SEED) or '$own')"
+}
 for model in "${FIG_MODELS[@]}"; do
-  run="$RUNS/$model/lsq/w4a4/s$SEED"
-  frozen="$RUNS/$model/lsq-freeze-weights/w4a4/s$SEED"
+  run="$(run_of "$model" lsq)"
+  frozen="$(run_of "$model" lsq-freeze-weights)"
   if ! has_run "$run"; then
     echo "[fig1] $model: missing run table1/$model/lsq/w4a4/s$SEED (no W&B run under $run);" \
          "it failed or was not trained — see $RUNS/logs/. No figure for $model." >&2

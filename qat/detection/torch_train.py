@@ -27,17 +27,17 @@ from .torch_detectors import TORCH_DETECTORS, build_torch_detector
 from .train import _digest  # the data-digest rule of the Ultralytics runs' FP cache
 
 _COMMON = dict(val_every_epoch=False, model_size=None, train_subset=None, test_subset=None, fp_train_subset=None,
-               lr_step_fraction=0.4)
+               lr_step_fraction=0.4, bias_correction_batches=4)
 TORCH_DET_PRESETS: dict[str, dict] = {
     # Seconds on a CPU: proves every path runs (tests, CI).
     "smoke": dict(_COMMON, val_every_epoch=True, dataset="fmnist-det", fmnist_det="smoke", imgsz=64, batch_size=8,
                   fp_epochs=1, fp_lr=0.01, qat_epochs=2, qat_lr=1e-3, calib_batches=2, afw_epochs=0.5, qc_epochs=0.5,
                   adaround_iterations=10, step_only_epochs=0.5, lr_step_fraction=0.5),
-    # The Ultralytics detectors' 30-minute budget: FMNIST-Det "small" (96 px), FP 3 epochs, QAT 150 iterations
-    # (5 epochs of 480 images).
+    # The Ultralytics detectors' 30-minute budget: FMNIST-Det "small" (96 px), FP 3 epochs, QAT 130 iterations
+    # (5 epochs of 416 images), bias correction on 2 batches.
     "proxy": dict(_COMMON, dataset="fmnist-det", fmnist_det="small", imgsz=96, batch_size=16, fp_epochs=3,
-                  fp_lr=0.01, qat_epochs=5, train_subset=480, qat_lr=1e-3, calib_batches=8, afw_epochs=0.5,
-                  qc_epochs=1, adaround_iterations=100, step_only_epochs=1),
+                  fp_lr=0.01, qat_epochs=5, train_subset=416, qat_lr=1e-3, calib_batches=8, afw_epochs=0.5,
+                  qc_epochs=1, adaround_iterations=100, step_only_epochs=1, bias_correction_batches=2),
     # FMNIST-Det proxy (4000 train / 500 val images, 128 px), the Ultralytics detectors' proxy-long budget.
     "proxy-long": dict(_COMMON, dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch_size=16, fp_epochs=4,
                   fp_lr=0.01, qat_epochs=5, qat_lr=1e-3, calib_batches=16, afw_epochs=0.5, qc_epochs=1,

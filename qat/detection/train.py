@@ -34,25 +34,27 @@ DET_PRESETS: dict[str, dict] = {
     # Seconds to minutes on a CPU: proves every path runs (tests, CI).
     "smoke": dict(dataset="fmnist-det", fmnist_det="smoke", imgsz=64, batch=8, fp_epochs=1, fp_lr=0.01, fp_warmup_epochs=0,
                   qat_epochs=2, qat_lr=1e-3, calib_batches=2, afw_epochs=0.5, qc_epochs=0.5,
-                  adaround_iterations=10, step_only_epochs=0.5, close_mosaic=0, fraction=1.0, val_every_epoch=True),
+                  adaround_iterations=10, step_only_epochs=0.5, close_mosaic=0, fraction=1.0, val_every_epoch=True,
+                  bias_correction_batches=4),
     # One seed of a table in about 30 minutes of a 2-core CPU: FMNIST-Det "small" (3000 train / 250 val, 96 px),
-    # FP 3 epochs, QAT 150 iterations (5 epochs of 16 % of the training images), mAP after the last epoch only.
+    # FP 3 epochs, QAT 130 iterations (5 epochs of 416 training images), bias correction on 2 batches, mAP after
+    # the last epoch only.
     "proxy": dict(dataset="fmnist-det", fmnist_det="small", imgsz=96, batch=16, fp_epochs=3, fp_lr=0.01, fp_warmup_epochs=1,
-                  qat_epochs=5, fraction=0.16, val_every_epoch=False, qat_lr=1e-3, calib_batches=8, afw_epochs=0.5,
-                  qc_epochs=1, adaround_iterations=100, step_only_epochs=1, close_mosaic=1),
+                  qat_epochs=5, fraction=416 / 3000, val_every_epoch=False, qat_lr=1e-3, calib_batches=8, afw_epochs=0.5,
+                  qc_epochs=1, adaround_iterations=100, step_only_epochs=1, close_mosaic=1, bias_correction_batches=2),
     # FMNIST-Det proxy (4000 train / 500 val images, 128 px): the first committed results; hours per table.
     "proxy-long": dict(dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch=16, fp_epochs=4, fp_lr=0.01, fp_warmup_epochs=1,
                        qat_epochs=5, fraction=1.0, val_every_epoch=True, qat_lr=1e-3, calib_batches=16, afw_epochs=0.5,
-                       qc_epochs=1, adaround_iterations=300, step_only_epochs=1, close_mosaic=2),
+                       qc_epochs=1, adaround_iterations=300, step_only_epochs=1, close_mosaic=2, bias_correction_batches=4),
     # The same data with the budgets one GPU affords.
     "proxy-gpu": dict(dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch=64, fp_epochs=100, fp_lr=0.01, fp_warmup_epochs=3,
                       qat_epochs=30, fraction=1.0, val_every_epoch=True, qat_lr=1e-3, calib_batches=32, afw_epochs=3, qc_epochs=1,
-                      adaround_iterations=2000, step_only_epochs=2, close_mosaic=5),
+                      adaround_iterations=2000, step_only_epochs=2, close_mosaic=5, bias_correction_batches=4),
     # The paper (§V): COCO 2017, SGD lr 1e-3 momentum 0.9 wd 1e-5, 80 ScaleGrad + 20 EAD epochs + 10 AFW;
     # FP weights from a local checkpoint (ours or an Ultralytics .pt).
     "paper": dict(dataset="coco", fmnist_det=None, imgsz=640, batch=64, fp_epochs=None, fp_lr=None, fp_warmup_epochs=3,
                   qat_epochs=100, fraction=1.0, val_every_epoch=True, qat_lr=1e-3, calib_batches=32, afw_epochs=10, qc_epochs=1,
-                  adaround_iterations=10000, step_only_epochs=1, close_mosaic=10),
+                  adaround_iterations=10000, step_only_epochs=1, close_mosaic=10, bias_correction_batches=4),
 }
 
 
@@ -197,7 +199,8 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
         recipe=c.recipe, bits=c.bits, methods=m,
         prologue=PrologueOptions(cle=c.cle, bias_correction=c.bias_correction,
                                  quantize_first_last=c.quantize_first_last, first_last_bits=c.first_last_bits,
-                                 calib_batches=p("calib_batches")),
+                                 calib_batches=p("calib_batches"),
+                                 bias_correction_batches=p("bias_correction_batches")),
         fp_checkpoint=fp_ckpt, init_from=init_from,
         save_fp_to=str(fp_detector_path(c, digest)) if c.is_fp and c.out is None else
         (str(c.run_dir / "fp.pt") if c.is_fp else None),

@@ -24,6 +24,7 @@ class PrologueOptions:
     quantize_first_last: bool = False
     first_last_bits: int = 8
     calib_batches: int = 32
+    bias_correction_batches: int = 4  # calibration batches whose mean output error bias correction removes
 
 
 def float_prologue(model: nn.Module, example_input: torch.Tensor, calib: list[torch.Tensor],
@@ -58,7 +59,8 @@ def quantize_prologue(model: nn.Module, bits: int, calib: list[torch.Tensor], op
     report = {"calib_batches": calibrate_activations(model, calib, forward)}
     if opts.bias_correction:
         from .bias_correction import correct_bias
-        report["bias_correction"] = correct_bias(model, calib, forward=forward)
+        report["bias_correction"] = correct_bias(model, calib, forward=forward,
+                                                  max_batches=opts.bias_correction_batches)
     set_gradient_mode(model, pulse_delta, dist_k)
     return report
 

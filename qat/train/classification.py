@@ -194,7 +194,8 @@ class Trainer:
     def prologue_options(self) -> PrologueOptions:
         c = self.cfg
         return PrologueOptions(cle=c.cle, cle_relu6=c.cle_relu6, bias_correction=c.bias_correction, quantize_first_last=c.quantize_first_last,
-                               first_last_bits=c.first_last_bits, calib_batches=c.preset_value("calib_batches"))
+                               first_last_bits=c.first_last_bits, calib_batches=c.preset_value("calib_batches"),
+                               bias_correction_batches=c.preset_value("bias_correction_batches"))
 
     def calib_inputs(self) -> list[torch.Tensor]:
         return [self.move(b)[0] for b in self.calib_inputs_labels]
