@@ -170,9 +170,9 @@ def main(argv=None) -> int:
                 bar.update(1)
 
     # FP models first, each model once (parallel groups must not train the same cached FP model twice),
-    # different models at the same time. An FP run that finished returns at once; a classifier's cache is
-    # checked here to skip even that. FP runs are submitted before every group, so a group waiting for its
-    # FP model holds a worker only while that FP run is already running in another.
+    # different models at the same time; FP models trained already are skipped. FP runs are submitted
+    # before every group, so a group waiting for its FP model holds a worker only while that FP run is
+    # already running in another.
     def train_fp(model: str) -> None:
         tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
         fp_cmd = [sys.executable, "-m", "qat.detection" if model in DETECTORS else "qat.train",
@@ -184,8 +184,13 @@ def main(argv=None) -> int:
         tqdm.write(f"[{cfg['table']}] FP {model}: " + (f"done in {time.time() - t0:.0f} s" if proc.returncode == 0
                    else f"FAILED (exit {proc.returncode}); log: {log_dir / f'fp__{model}.log'}"))
 
+    def fp_trained(model: str) -> bool:  # a detector's cache name depends on its data: its FP run's result instead
+        if model in DETECTORS:
+            return (runs_root() / args.preset / run_name("fp", model, "fp", 0, 0) / "result.json").is_file()
+        return fp_cache_path(model, args.preset).is_file()
+
     fp_models = [m for m in dict.fromkeys(r.model for r in todo if not reuse[r])
-                 if args.preset != "paper" and (m in DETECTORS or not fp_cache_path(m, args.preset).is_file())]
+                 if args.preset != "paper" and not fp_trained(m)]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         # A group starts as soon as its own model's FP is trained, while other FP models still train.
         fp_done = {m: pool.submit(train_fp, m) for m in fp_models}
