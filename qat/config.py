@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
     "proxy-long": dict(val_every_epoch=False, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=10000, test_subset=None,
                   fp_epochs=4, fp_train_subset=None, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=32,
                   afw_epochs=0.5, qc_epochs=1, adaround_iterations=300, step_only_epochs=1, lr_step_fraction=0.4,
-                       bias_correction_batches=4),
+                  bias_correction_batches=4),
     # Same as proxy with the bigger budgets one GPU affords.
     "proxy-gpu": dict(val_every_epoch=True, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=None, test_subset=None,
                       fp_epochs=20, fp_train_subset=None, fp_lr=0.05, qat_epochs=20, qat_lr=0.01, calib_batches=32,

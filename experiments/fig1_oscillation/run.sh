@@ -19,15 +19,22 @@ read -r -a FIG_MODELS <<< "$(python -c "import yaml; c = yaml.safe_load(open('ex
 SEED="$(echo "${SEEDS:-0}" | tr ',' ' ' | awk '{print $1}')"
 OUT="${FIG1_OUT:-$REPO/analysis/out}"
 has_run() { [[ -d "$1" ]] && [[ -n "$(find "$1" -name 'run-*.wandb' -print -quit 2>/dev/null)" ]]; }
-# Table I's run directory, or the identical run of another table that the launcher reused instead.
-run_of() {
-  local own="$RUNS/$1/$2/w4a4/s$SEED"
-  if has_run "$own"; then echo "$own"; return; fi
-  python -c "from qat.run_reuse import find_identical_run as f; print(f('$PRESET', 'table1', '$1', '$2', 4, $SEED) or '$own')"
+# Table I's run directories of a model (lsq, then lsq-freeze-weights), or the identical runs of other tables
+# that the launcher reused instead.
+runs_of() {
+  python - "$PRESET" "$RUNS" "$1" "$SEED" <<'PY'
+import sys
+from pathlib import Path
+from qat.run_reuse import find_identical_run
+preset, runs, model, seed = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+for recipe in ("lsq", "lsq-freeze-weights"):
+    own = runs / model / recipe / "w4a4" / f"s{seed}"
+    has_run = any(own.rglob("run-*.wandb")) if own.is_dir() else False
+    print(own if has_run else find_identical_run(preset, "table1", model, recipe, 4, seed) or own)
+PY
 }
 for model in "${FIG_MODELS[@]}"; do
-  run="$(run_of "$model" lsq)"
-  frozen="$(run_of "$model" lsq-freeze-weights)"
+  { read -r run; read -r frozen; } < <(runs_of "$model")
   if ! has_run "$run"; then
     echo "[fig1] $model: missing run table1/$model/lsq/w4a4/s$SEED (no W&B run under $run);" \
          "it failed or was not trained — see $RUNS/logs/. No figure for $model." >&2

@@ -78,10 +78,8 @@ class TorchDetectionTrainer(Trainer):
             images, annotations, splits = layout(ds.root)
             self.data_digest = ds.config.digest()[:8]
         self.val_json = annotations / f"instances_{splits[1]}.json"
-        subset = c.train_subset if c.train_subset is not None else \
-            c.preset_value("fp_train_subset" if c.is_fp else "train_subset")
         train, calib, val = detection_data(images, annotations, self.imgsz, self.batch_size, c.seed,
-                                           subset, self.rank, self.world, c.workers, splits)
+                                           self.train_subset(), self.rank, self.world, c.workers, splits)
         self.cat_ids = val.dataset.cat_ids
         return train, calib, val
 

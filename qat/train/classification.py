@@ -113,9 +113,15 @@ class Trainer:
                 raise ValueError("the paper preset needs --data pointing at an ImageNet ImageFolder (train/, val/)")
             return imagenet_data(cfg.data, self.batch_size, cfg.seed, cfg.calib_split, workers=cfg.workers,
                                  train_subset=cfg.train_subset)
-        subset = cfg.train_subset if cfg.train_subset is not None else \
-            (_fp_subset(cfg) if cfg.is_fp else p("train_subset"))
-        return fashion_mnist_data(self.batch_size, subset, p("test_subset"), cfg.seed, cfg.data, cfg.calib_split)
+        return fashion_mnist_data(self.batch_size, self.train_subset(), p("test_subset"), cfg.seed, cfg.data,
+                                  cfg.calib_split)
+
+    def train_subset(self) -> int | None:
+        """Training images used: --train-subset, else the preset's (FP runs: its fp_train_subset when it has one)."""
+        cfg = self.cfg
+        if cfg.train_subset is not None:
+            return cfg.train_subset
+        return _fp_subset(cfg) if cfg.is_fp else cfg.preset_value("train_subset")
 
     def build_net(self) -> nn.Module:
         """The FP architecture, randomly initialised."""
