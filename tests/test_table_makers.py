@@ -326,3 +326,17 @@ lg.finish()
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "[fig1] yolov8n: missing run table1/yolov8n/lsq/w4a4/s0" in proc.stderr
     assert not list((tmp_path / "fig").glob("fig1_*yolov8n*"))
+
+
+def test_launcher_default_jobs_one_per_core_on_cpu_one_on_gpu(monkeypatch):
+    import torch
+
+    from qat.experiments import default_jobs
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_jobs("auto") == 2 and default_jobs("cpu") == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_jobs("cpu") == 4  # capped: more single-threaded runs only compete for memory bandwidth
+    assert default_jobs("cuda") == default_jobs("cuda:1") == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_jobs("auto") == 1 and default_jobs("cpu") == 4
