@@ -239,4 +239,3 @@ def test_launcher_reuses_identical_runs(env, tmp_path, capsys):
     assert f"[table2] reused table2/mobilenetv2/lsq/w4a4/s0 from {source}" in out
     assert not (env / PRESET / "table2" / "logs" / "table2__mobilenetv2__lsq__w4a4__s0.log").exists()
     assert not run_dir(env, "table2", "mobilenetv2", "lsq", 4, 0).exists()
-
