@@ -47,8 +47,9 @@ def test_paper_preset_runs_two_iterations_on_a_tiny_coco_set(dirs):
                           val_json=str(ds.coco_json("val")), fp_checkpoint=str(fp), imgsz=64, batch=4,
                           max_iterations=2, wandb=False, out=str(dirs / "paper_run"))
     result = train_detector(cfg)
-    last = torch.load(dirs / "paper_run" / "weights" / "qat_last.pt", weights_only=False)
-    assert last["iteration"] == 2 and last["epoch"] == 1
+    trained = torch.load(dirs / "paper_run" / "weights" / "qat_trained.pt", weights_only=False)
+    assert trained["iteration"] == 2
+    assert not (dirs / "paper_run" / "weights" / "qat_last.pt").exists()  # a finished run keeps no resume copy
     assert 0.0 <= result["map"] <= 100.0 and result["epochs"] == 100
 
 

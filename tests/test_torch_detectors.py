@@ -138,8 +138,8 @@ def test_paper_preset_runs_two_iterations_on_a_tiny_coco_format_set(tiny, dirs):
                "--fp-checkpoint", str(fp), "--imgsz", "64", "--batch-size", "4", "--max-iterations", "2",
                "--no-wandb", "--out", str(out)])
     assert rc == 0
-    last = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert last["iteration"] == 2
+    trained = torch.load(out / "trained.pt", weights_only=False)
+    assert trained["iteration"] == 2 and not (out / "checkpoint.pt").exists()
     assert json.loads((out / "result.json").read_text())["model"] == "yolox_nano"
 
 

@@ -126,7 +126,8 @@ def test_paper_preset_runs_two_iterations_on_a_tiny_imagefolder(tmp_path):
                       "--bits", "4", "--max-iterations", "2", "--batch-size", "4", "--workers", "0", "--no-wandb",
                       "--no-cle", "--no-bias-correction", "--out", str(tmp_path / "run")], env)
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "trained.pt", weights_only=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # a finished run keeps no resume copy
     assert ckpt["iteration"] == 2 and result["preset"] == "paper"
     assert "[qat]" in proc.stdout
 

@@ -28,6 +28,7 @@ import torch
 from ..config import fp_cache_path, run_name, runs_root
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import RECIPES, MethodConfig, get_recipe
+from ..train import checkpoint
 
 # Budgets per preset. The data set of the FMNIST-Det presets is the FMNIST-Det preset of the same name.
 DET_PRESETS: dict[str, dict] = {
@@ -231,6 +232,7 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
               "wall_s": time.time() - t0}
     c.run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=1))
+    checkpoint.drop_resume_checkpoint(c.run_dir / "weights" / "qat_last.pt")
     return result
 
 

@@ -20,6 +20,12 @@ def save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def drop_resume_checkpoint(path: Path) -> None:
+    """Delete a finished run's resume checkpoint: its trained checkpoint holds the same state (and is the
+    branch point of post-step recipes), so keeping both costs a third of the run's disk for nothing."""
+    Path(path).unlink(missing_ok=True)
+
+
 def load(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -513,6 +513,7 @@ class Trainer:
                 self.logger.summary({k: v for k, v in result.items() if v is not None})
                 self.logger.finish(0)
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
+            ckpt.drop_resume_checkpoint(self.run_dir / "checkpoint.pt")
             print(f"[qat] {c.run_name}: {k} {result[k]:.2f}%", flush=True)
         barrier()
         return result
