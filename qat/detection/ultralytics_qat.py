@@ -248,8 +248,6 @@ class QATDetectionTrainer(DetectionTrainer):
 
     def _quantize(self):
         run, recipe = self.run_spec, get_recipe(self.run_spec.recipe)
-        if not run.fp_checkpoint:
-            LOGGER.warning("QAT without fp_checkpoint: quantizing a randomly initialised detector")
         model = self.model.to(self.device)
         self.model.args = self.args  # the loss (post steps, calibration checks) reads its gains here
         imgsz = self.args.imgsz if isinstance(self.args.imgsz, int) else max(self.args.imgsz)
@@ -263,6 +261,8 @@ class QATDetectionTrainer(DetectionTrainer):
             m = run.methods
             set_gradient_mode(model, m.pulse_delta if recipe.scalegrad else None, m.dist_k if recipe.scalegrad else None)
             return
+        if not run.fp_checkpoint:  # (a resumed or branched run brings its weights in the checkpoint)
+            LOGGER.warning("QAT without fp_checkpoint: quantizing a randomly initialised detector")
         calib = [b["img"] for b in self._calibration_batches(run.prologue.calib_batches)]
         n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
         if run.eval_fp:
