@@ -207,6 +207,7 @@ class QATDetectionTrainer(DetectionTrainer):
         self._calib_raw: list[dict] = []
         self._gt = None
         self.tau_epoch = None
+        self._val_at: tuple[int, dict] | None = None  # (iteration, mAPs) of the live model's last validation
 
     # ----------------------------------------------------------------------------------- logging
     def _open_logger(self):
@@ -475,7 +476,10 @@ class QATDetectionTrainer(DetectionTrainer):
 
     def validate(self):
         t0 = time.time()
-        res = self.evaluate(self.eval_model())
+        model = self.eval_model()
+        res = self.evaluate(model)
+        if self.state is not None and model is unwrap_model(self.model):  # final_eval needs no second look
+            self._val_at = (self.state.iteration, _pct(res))
         metrics = {"val/map": 100 * res["map"], "val/map50": 100 * res["map50"], "time/val_s": time.time() - t0}
         fitness = res["map"]
         if self.best_fitness is None or self.best_fitness < fitness:
@@ -543,7 +547,12 @@ class QATDetectionTrainer(DetectionTrainer):
                     payload = self._checkpoint_payload()
                     payload["epoch"] = self.epochs
                     ckpt.save(payload, self.wdir / "qat_trained.pt")
-                res = _pct(self.evaluate(model))
+                # The live model validated after its last step is the trained model: its mAP is known. Not
+                # before post steps: an evaluation draws from Python's RNG (Ultralytics' loader), which the
+                # post steps' batches use too, so skipping it would change their results.
+                known = (ema is None and not self.post_steps and self._val_at is not None
+                         and self._val_at[0] == self.state.iteration)
+                res = self._val_at[1] if known else _pct(self.evaluate(model))
                 self.results = {**_summary_scalars(self.report), "map_trained": res["map"], "map50_trained": res["map50"]}
                 for h in self.hooks:
                     self.results.update({k: v for k, v in h.epoch_metrics(self.state).items()
@@ -553,7 +562,7 @@ class QATDetectionTrainer(DetectionTrainer):
                 for post in self.post_steps:
                     LOGGER.info(f"[qat] {run.name}: post step {post.name}")
                     self.results.update(_scalars(post.run(model, task)))
-                self.results.update(_pct(self.evaluate(model)))
+                self.results.update(_pct(self.evaluate(model)) if self.post_steps else res)  # no post step: unchanged
                 ckpt.save({"model": model.state_dict(), "results": self.results, "run": asdict(run)},
                           self.wdir / "qat_final.pt")
             LOGGER.info(f"[qat] {run.name}: mAP@[.5:.95] {self.results['map']:.2f} mAP@.5 {self.results['map50']:.2f}")

@@ -96,6 +96,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.logger = None
         self.global_step = 0
+        self.val_at: tuple[int, dict] | None = None  # (iteration, result) of the live model's last evaluation
         self.batch_size = cfg.batch_size or cfg.preset_value("batch_size")
         self.train_data, self.calib_data, self.test_data = self.setup_data()
         self.calib_inputs_labels = []
@@ -197,6 +198,18 @@ class Trainer:
             raise ckpt.CheckpointError(f"checkpoint {path} does not fit model {c.model!r}: {str(e)[:300]}") from None
         return model.to(self.device)
 
+    def recorded_fp_metric(self) -> float | None:
+        """The cached FP model's metric as its FP run measured it (stored with it), when that run used this
+        run's test set; None for a --fp-checkpoint or another test set (then it is measured here)."""
+        if self.cfg.fp_checkpoint:
+            return None
+        stored, mine = ckpt.load(self.fp_cache()), self.cfg.to_dict()
+        theirs = stored.get("config", {})
+        same_test_set = all(theirs.get(key) == mine.get(key) for key in ("data", "imgsz")) and all(
+            theirs.get("preset_values", {}).get(key) == mine["preset_values"].get(key)
+            for key in ("dataset", "test_subset", "imgsz", "fmnist_det"))
+        return stored.get(self.metric) if same_test_set else None
+
     def prologue_options(self) -> PrologueOptions:
         c = self.cfg
         return PrologueOptions(cle=c.cle, cle_relu6=c.cle_relu6, bias_correction=c.bias_correction, quantize_first_last=c.quantize_first_last,
@@ -221,7 +234,8 @@ class Trainer:
             set_gradient_mode(model, pulse_delta, dist_k)  # the recipe's, also when branching from a parent
             return model, {}
         k = self.metric
-        report = {f"fp_{k}": self.evaluate(model)[k]}
+        recorded = self.recorded_fp_metric()
+        report = {f"fp_{k}": recorded if recorded is not None else self.evaluate(model)[k]}
         report["prologue"] = float_prologue(model, calib[0], calib, opts)
         report[f"fp_{k}_prologue"] = self.evaluate(model)[k]  # after BN fold + CLE
         cle = report["prologue"].get("cle", {})
@@ -358,6 +372,8 @@ class Trainer:
                 if c.preset_value("val_every_epoch") or epoch + 1 in (tau_epoch, epochs):
                     eval_model = next((m for m in (h.eval_model() for h in hooks) if m is not None), model)
                     val = self.evaluate(eval_model)
+                    if eval_model is model:
+                        self.val_at = (state.iteration, val)
                     metrics.update({f"val/{k}": v for k, v in val.items() if k != "metric"})
                 for h in hooks:
                     metrics.update(h.epoch_metrics(state))
@@ -489,7 +505,9 @@ class Trainer:
         result = {"model": c.model, "recipe": c.recipe, "bits": None if c.is_fp else c.bits, "seed": c.seed,
                   "preset": c.preset, "table": c.table}
         k = self.metric
-        result[f"{k}_trained"] = self.evaluate(model)[k]
+        # the live model evaluated after its last step is the trained model: its metric is known
+        known = self.val_at is not None and self.val_at[0] == state.iteration
+        result[f"{k}_trained"] = (self.val_at[1] if known else self.evaluate(model))[k]
         if not c.is_fp:
             for key in (f"fp_{k}", f"fp_{k}_prologue", f"init_{k}"):
                 result[key] = report.get(key)
@@ -499,11 +517,14 @@ class Trainer:
                                k == "osc/fraction_oscillating"})
             result.update(bin_position_histogram(model))
             task = ClassificationTask(self)
-            for post in make_post_steps(get_recipe(c.recipe), self._post_cfg()):
+            post_steps = make_post_steps(get_recipe(c.recipe), self._post_cfg())
+            for post in post_steps:
                 if is_main():
                     print(f"[qat] {c.run_name}: post step {post.name}", flush=True)
                 result.update(post.run(model, task))
-        result[k] = self.evaluate(model)[k]
+            if post_steps:
+                result[k] = self.evaluate(model)[k]
+        result.setdefault(k, result[f"{k}_trained"])  # no post step: the trained model is the final one
         if c.is_fp and is_main():
             ckpt.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]},
                       self.fp_cache())
