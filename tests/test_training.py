@@ -39,8 +39,11 @@ def _final_state(run_dir: Path):
     return torch.load(run_dir / "final.pt", weights_only=False)
 
 
-def test_killed_run_resumes_to_the_same_result(smoke_env, tmp_path):
-    args = QAT + ["--recipe", "scalegrad", "--bits", "3", "--deterministic"]
+@pytest.mark.parametrize("recipe", ["scalegrad", "fp"])
+def test_killed_run_resumes_to_the_same_result(recipe, smoke_env, tmp_path):
+    args = QAT + ["--recipe", recipe, "--bits", "3", "--deterministic"]
+    if recipe == "fp":  # an FP run writes the cached FP model: not the one the other tests share
+        smoke_env = {**smoke_env, "QAT_CHECKPOINTS": str(tmp_path / "checkpoints")}
     reference = tmp_path / "reference"
     run_train(args + ["--out", str(reference)], smoke_env)
 
@@ -137,3 +140,9 @@ def test_paper_preset_without_imagenet_is_a_clear_error(tmp_path):
                       "--no-wandb", "--out", str(tmp_path / "r")], tool_env(tmp_path), check=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "ImageNet" in lines[0]
+
+
+def test_deleted_fp_cache_is_restored_from_the_finished_fp_run(smoke_env, tmp_path):
+    env = {**smoke_env, "QAT_CHECKPOINTS": str(tmp_path / "checkpoints")}  # the FP run is finished, its cache absent
+    proc = run_train(QAT + ["--recipe", "lsq", "--epochs", "1", "--out", str(tmp_path / "r")], env)
+    assert (tmp_path / "checkpoints" / "fp" / "mobilenetv2-smoke.pt").is_file() and "finished already" in proc.stdout

@@ -191,7 +191,11 @@ class Trainer:
                 print(f"[qat] no cached FP model at {path}: training it first", flush=True)
             fp_cfg = replace(c, recipe="fp", out=None, resume=True, epochs=None, lr=None, train_subset=None,
                              max_iterations=None, table="fp")
-            type(self)(fp_cfg).run()
+            fp_result = type(self)(fp_cfg).run()
+            if not path.is_file() and is_main():  # the FP run had finished but its cached model was deleted
+                ckpt.save({"model": ckpt.load_model_weights(fp_cfg.run_dir / "final.pt"), "config": fp_cfg.to_dict(),
+                           self.metric: fp_result[self.metric]}, path)
+            barrier()
         try:
             model.load_state_dict(ckpt.load_model_weights(path))
         except RuntimeError as e:
@@ -310,6 +314,8 @@ class Trainer:
 
         if c.is_fp:
             model = self.build_net().to(self.device)
+            if state_ckpt is not None:  # a killed FP run continues from its own weights
+                model.load_state_dict(state_ckpt["model"])
             report = {}
         elif state_ckpt is not None:
             model, report = self.quantized_model(init=False)
