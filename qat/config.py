@@ -117,3 +117,20 @@ def runs_root() -> Path:
 def fp_cache_path(model: str, preset: str) -> Path:
     """Cached FP checkpoint of a proxy model, shared by every QAT run of that model and preset size."""
     return Path(os.environ.get("QAT_CHECKPOINTS", REPO / "checkpoints")) / "fp" / f"{model}-{preset}.pt"
+
+
+# The preset values an FP model's training depends on (classification, Ultralytics and torch detector presets).
+FP_BUDGET_KEYS = ("dataset", "fmnist_det", "model_size", "imgsz", "batch", "batch_size", "fp_epochs", "fp_lr",
+                  "fp_train_subset", "fp_warmup_epochs")
+
+
+def check_fp_budgets(path: Path, trained_with: dict | None, preset: str, now: dict) -> None:
+    """A cached FP model is named by model and preset, not by the preset's budgets: refuse one trained with
+    other FP budgets than the preset sets now (an edited preset would reuse it silently). Checkpoints that
+    record no preset values (written before they were recorded) pass."""
+    changed = [k for k in FP_BUDGET_KEYS if k in (trained_with or {}) and k in now and trained_with[k] != now[k]]
+    if changed:
+        was = ", ".join(f"{k}={trained_with[k]!r}" for k in changed)
+        new = ", ".join(f"{k}={now[k]!r}" for k in changed)
+        raise ValueError(f"the cached FP model {path} was trained with {was}, but the {preset} preset now sets {new}: "
+                         f"delete it and its FP run (runs/{preset}/fp/<model>) to train it again")

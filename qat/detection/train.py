@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import fp_cache_path, run_name, runs_root
+from ..config import check_fp_budgets, fp_cache_path, run_name, runs_root
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import RECIPES, MethodConfig, get_recipe
 from ..train import checkpoint
@@ -189,6 +189,9 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
                                        max_iterations=None, resume=True))
         if fp_ckpt is not None and not Path(fp_ckpt).is_file():
             raise FileNotFoundError(f"FP checkpoint not found: {fp_ckpt}")
+        if fp_ckpt is not None and c.fp_checkpoint is None:  # our cached FP detector
+            check_fp_budgets(Path(fp_ckpt), checkpoint.load(fp_ckpt).get("preset_values"), c.preset,
+                             DET_PRESETS[c.preset])
 
     from .ultralytics_qat import DETECTORS, DetectionRun, QATDetectionTrainer
     p = c.preset_value
@@ -208,7 +211,7 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
         val_json=val_json, ead_fraction=c.ead_fraction, max_iterations=c.max_iterations,
         fig1_iterations=c.fig1_iterations, wandb=c.wandb, name=c.run_name, group=c.table,
         tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
-        config={"detection_config": _jsonable(dataclasses.asdict(c))})
+        config={"detection_config": _jsonable(dataclasses.asdict(c)), "preset_values": dict(DET_PRESETS[c.preset])})
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
     lr = c.lr or p("fp_lr" if c.is_fp else "qat_lr")
     overrides = dict(model=DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),

@@ -534,7 +534,8 @@ class QATDetectionTrainer(DetectionTrainer):
                 if run.save_fp_to:
                     from ..train import checkpoint as ckpt
                     ckpt.save({"model": model.state_dict(), "yaml": model.yaml, "nc": self.data["nc"],
-                               "imgsz": self.args.imgsz, "map": res["map"], "map50": res["map50"]},
+                               "imgsz": self.args.imgsz, "map": res["map"], "map50": res["map50"],
+                               "preset_values": run.config.get("preset_values")},
                               Path(run.save_fp_to))
             else:
                 from ..train import checkpoint as ckpt

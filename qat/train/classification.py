@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, fp_cache_path
+from ..config import RunConfig, check_fp_budgets, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
 from ..models import build_model
@@ -196,6 +196,9 @@ class Trainer:
                 ckpt.save({"model": ckpt.load_model_weights(fp_cfg.run_dir / "final.pt"), "config": fp_cfg.to_dict(),
                            self.metric: fp_result[self.metric]}, path)
             barrier()
+        if not c.fp_checkpoint:
+            check_fp_budgets(path, ckpt.load(path).get("config", {}).get("preset_values"), c.preset,
+                             c.presets[c.preset])
         try:
             model.load_state_dict(ckpt.load_model_weights(path))
         except RuntimeError as e:

@@ -1,0 +1,51 @@
+"""The cached FP model: its metric is recorded with it (a run measures each model state once), and it is
+refused when the preset's FP budgets changed since it was trained."""
+import pytest
+
+from qat.config import PRESETS, RunConfig, check_fp_budgets
+from qat.train.classification import Trainer
+
+QAT = dict(recipe="lsq", bits=4, preset="smoke", epochs=2, wandb=False, cle=False, bias_correction=False)
+
+
+@pytest.fixture(scope="module")
+def fp_result(tmp_path_factory):
+    """The smoke FP MobileNetV2, trained once into this module's own runs and checkpoint directories."""
+    tmp = tmp_path_factory.mktemp("fp_cache")
+    env = pytest.MonkeyPatch()
+    env.setenv("QAT_RUNS", str(tmp / "runs"))
+    env.setenv("QAT_CHECKPOINTS", str(tmp / "checkpoints"))
+    yield Trainer(RunConfig(recipe="fp", preset="smoke", table="fp", wandb=False)).run()
+    env.undo()
+
+
+def _counted_run(cfg: RunConfig, monkeypatch) -> tuple[dict, int]:
+    calls = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, model: calls.append(1) or evaluate(self, model))
+    result = Trainer(cfg).run()
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    return result, len(calls)
+
+
+def test_each_model_state_is_evaluated_once(fp_result, monkeypatch):
+    result, evaluations = _counted_run(RunConfig(**QAT, table="a"), monkeypatch)
+    assert result["fp_top1"] == fp_result["top1"]  # recorded with the cached FP model
+    assert result["top1"] == result["top1_trained"]
+    # after the BN fold, after quantizing, after each epoch (the smoke preset validates every epoch); none at the end
+    assert evaluations == 2 + QAT["epochs"]
+
+    monkeypatch.setitem(PRESETS["smoke"], "test_subset", PRESETS["smoke"]["test_subset"] // 2)
+    result, evaluations = _counted_run(RunConfig(**QAT, table="b"), monkeypatch)
+    assert evaluations == 3 + QAT["epochs"]  # another test set than the FP run's: the FP model is measured here
+
+
+def test_a_cached_fp_model_with_other_budgets_is_refused(fp_result, monkeypatch):
+    monkeypatch.setitem(PRESETS["smoke"], "fp_epochs", PRESETS["smoke"]["fp_epochs"] + 1)
+    with pytest.raises(ValueError, match=r"trained with fp_epochs=\d+, but the smoke preset now sets fp_epochs=\d+"):
+        Trainer(RunConfig(**QAT, table="c")).run()
+
+
+def test_fp_budget_check_passes_equal_and_unrecorded_budgets():
+    check_fp_budgets("x.pt", None, "proxy", PRESETS["proxy"])
+    check_fp_budgets("x.pt", dict(PRESETS["proxy"], qat_epochs=99), "proxy", PRESETS["proxy"])  # not an FP budget
