@@ -114,6 +114,14 @@ def runs_root() -> Path:
     return Path(os.environ.get("QAT_RUNS", REPO / "runs"))
 
 
+FP_TABLE = "fp"  # the run directory group of FP pretraining runs: runs/<preset>/fp/<model>/fp/s0
+
+
+def fp_run_dir(preset: str, model: str) -> Path:
+    """Where the FP run of a proxy model lives (the launcher and every QAT run train it there, seed 0)."""
+    return runs_root() / preset / run_name(FP_TABLE, model, "fp", 0, 0)
+
+
 def fp_cache_path(model: str, preset: str) -> Path:
     """Cached FP checkpoint of a proxy model, shared by every QAT run of that model and preset size."""
     return Path(os.environ.get("QAT_CHECKPOINTS", REPO / "checkpoints")) / "fp" / f"{model}-{preset}.pt"
@@ -133,4 +141,4 @@ def check_fp_budgets(path: Path, trained_with: dict | None, preset: str, now: di
         was = ", ".join(f"{k}={trained_with[k]!r}" for k in changed)
         new = ", ".join(f"{k}={now[k]!r}" for k in changed)
         raise ValueError(f"the cached FP model {path} was trained with {was}, but the {preset} preset now sets {new}: "
-                         f"delete it and its FP run (runs/{preset}/fp/<model>) to train it again")
+                         f"delete it and its FP run (runs/{preset}/{FP_TABLE}/<model>) to train it again")

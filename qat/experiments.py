@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from .config import REPO, fp_cache_path, run_name, runs_root
+from .config import FP_TABLE, REPO, fp_cache_path, fp_run_dir, run_name, runs_root
 from .detection.torch_detectors import TORCH_DETECTORS
 from .run_reuse import find_identical_run
 
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
         tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
         fp_cmd = [sys.executable, "-m", "qat.detection" if model in DETECTORS else "qat.train",
                   "--model", model, "--recipe", "fp", "--preset", args.preset,
-                  "--table", "fp", "--device", args.device, "--resume", "--no-wandb"]
+                  "--table", FP_TABLE, "--device", args.device, "--resume", "--no-wandb"]
         t0 = time.time()
         with open(log_dir / f"fp__{model}.log", "a") as f:
             proc = subprocess.run(fp_cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=job_env)
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
 
     def fp_trained(model: str) -> bool:  # a detector's cache name depends on its data: its FP run's result instead
         if model in DETECTORS:
-            return (runs_root() / args.preset / run_name("fp", model, "fp", 0, 0) / "result.json").is_file()
+            return (fp_run_dir(args.preset, model) / "result.json").is_file()
         return fp_cache_path(model, args.preset).is_file()
 
     fp_models = [m for m in dict.fromkeys(r.model for r in todo if not reuse[r])

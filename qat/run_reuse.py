@@ -23,12 +23,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import RunConfig, run_name, runs_root
+from .config import FP_TABLE, RunConfig, run_name, runs_root
 from .logging.run_reader import RunRecord, read_local_runs
 
 IGNORED_KEYS = frozenset({"table", "out", "resume", "device", "wandb", "workers", "log_every", "git_commit",
                           "name", "group", "tags", "project", "save_dir"})
-SKIPPED_DIRS = frozenset({"logs", "fp"})  # under runs/<preset>/: not tables of QAT runs
+SKIPPED_DIRS = frozenset({"logs", FP_TABLE})  # under runs/<preset>/: not tables of QAT runs
 
 
 def _strip(value: Any) -> Any:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import check_fp_budgets, fp_cache_path, run_name, runs_root
+from ..config import FP_TABLE, check_fp_budgets, fp_cache_path, run_name, runs_root
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import RECIPES, MethodConfig, get_recipe
 from ..train import checkpoint
@@ -185,7 +185,7 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
                 if c.preset_value("fp_epochs") is None:
                     raise FileNotFoundError(f"the {c.preset} preset needs --fp-checkpoint (trained FP weights)")
                 print(f"[qat] no cached FP detector at {fp_ckpt}: training it first", flush=True)
-                train_detector(replace(c, recipe="fp", out=None, table="fp", epochs=None, lr=None,
+                train_detector(replace(c, recipe="fp", out=None, table=FP_TABLE, epochs=None, lr=None,
                                        max_iterations=None, resume=True))
         if fp_ckpt is not None and not Path(fp_ckpt).is_file():
             raise FileNotFoundError(f"FP checkpoint not found: {fp_ckpt}")

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, check_fp_budgets, fp_cache_path
+from ..config import FP_TABLE, RunConfig, check_fp_budgets, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
 from ..models import build_model
@@ -190,7 +190,7 @@ class Trainer:
             if is_main():
                 print(f"[qat] no cached FP model at {path}: training it first", flush=True)
             fp_cfg = replace(c, recipe="fp", out=None, resume=True, epochs=None, lr=None, train_subset=None,
-                             max_iterations=None, table="fp")
+                             max_iterations=None, table=FP_TABLE)
             fp_result = type(self)(fp_cfg).run()
             if not path.is_file() and is_main():  # the FP run had finished but its cached model was deleted
                 ckpt.save({"model": ckpt.load_model_weights(fp_cfg.run_dir / "final.pt"), "config": fp_cfg.to_dict(),
