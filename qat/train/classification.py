@@ -196,11 +196,12 @@ class Trainer:
                 ckpt.save({"model": ckpt.load_model_weights(fp_cfg.run_dir / "final.pt"), "config": fp_cfg.to_dict(),
                            self.metric: fp_result[self.metric]}, path)
             barrier()
-        if not c.fp_checkpoint:
-            check_fp_budgets(path, ckpt.load(path).get("config", {}).get("preset_values"), c.preset,
+        self.fp_stored = None if c.fp_checkpoint else ckpt.load(path)  # our cache: read once, kept for its metric
+        if self.fp_stored is not None:
+            check_fp_budgets(path, self.fp_stored.get("config", {}).get("preset_values"), c.preset,
                              c.presets[c.preset])
         try:
-            model.load_state_dict(ckpt.load_model_weights(path))
+            model.load_state_dict(self.fp_stored["model"] if self.fp_stored else ckpt.load_model_weights(path))
         except RuntimeError as e:
             raise ckpt.CheckpointError(f"checkpoint {path} does not fit model {c.model!r}: {str(e)[:300]}") from None
         return model.to(self.device)
@@ -210,7 +211,7 @@ class Trainer:
         run's test set; None for a --fp-checkpoint or another test set (then it is measured here)."""
         if self.cfg.fp_checkpoint:
             return None
-        stored, mine = ckpt.load(self.fp_cache()), self.cfg.to_dict()
+        stored, mine = self.fp_stored, self.cfg.to_dict()  # fp_model() read it
         theirs = stored.get("config", {})
         same_test_set = all(theirs.get(key) == mine.get(key) for key in ("data", "imgsz")) and all(
             theirs.get("preset_values", {}).get(key) == mine["preset_values"].get(key)
