@@ -147,3 +147,14 @@ def test_deleted_fp_cache_is_restored_from_the_finished_fp_run(smoke_env, tmp_pa
     env = {**smoke_env, "QAT_CHECKPOINTS": str(tmp_path / "checkpoints")}  # the FP run is finished, its cache absent
     proc = run_train(QAT + ["--recipe", "lsq", "--epochs", "1", "--out", str(tmp_path / "r")], env)
     assert (tmp_path / "checkpoints" / "fp" / "mobilenetv2-smoke.pt").is_file() and "finished already" in proc.stdout
+
+
+def test_a_model_with_its_own_qat_lr_gets_it_unless_lr_is_given():
+    from qat.cli import parse_config
+    from qat.config import MODEL_QAT_LR, RunConfig
+    assert MODEL_QAT_LR[("proxy", "mobilenetv1")] == 1e-4
+    assert parse_config(["--model", "mobilenetv1", "--recipe", "lsq"]).lr == 1e-4  # recorded in the run config
+    assert parse_config(["--model", "mobilenetv1", "--recipe", "lsq", "--lr", "0.02"]).lr == 0.02
+    assert RunConfig(model="mobilenetv1", recipe="fp").lr is None                  # FP keeps the preset's fp_lr
+    assert RunConfig(model="mobilenetv1", recipe="lsq", preset="smoke").lr is None
+    assert RunConfig(model="mobilenetv2", recipe="lsq").lr is None
