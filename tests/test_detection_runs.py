@@ -70,3 +70,16 @@ def test_an_unfinished_run_needs_resume(dirs, capsys):
 def test_bad_bits_is_one_clear_error(dirs, capsys):
     assert main(["--bits", "9", "--no-wandb"]) == 2
     assert capsys.readouterr().err.strip().startswith("error: bits must be")
+
+
+def test_a_cached_fp_detector_with_other_budgets_is_one_clear_error(dirs, capsys):
+    from qat.detection.train import DET_PRESETS, dataset_for, fp_detector_path
+    ds = build_fmnist_det(TINY, dirs / "data")
+    cfg = DetectionConfig(model="yolov8n", recipe="lsq", preset="smoke", data=str(ds.yaml), wandb=False)
+    cached = fp_detector_path(cfg, dataset_for(cfg)[2])
+    cached.parent.mkdir(parents=True)
+    stale = dict(DET_PRESETS["smoke"], fp_epochs=DET_PRESETS["smoke"]["fp_epochs"] + 1)
+    torch.save({"model": {}, "preset_values": stale}, cached)
+    assert main(["--recipe", "lsq", "--preset", "smoke", "--data", str(ds.yaml), "--no-wandb"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was trained with fp_epochs=" in err[0], err

@@ -189,8 +189,8 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
                                        max_iterations=None, resume=True))
         if fp_ckpt is not None and not Path(fp_ckpt).is_file():
             raise FileNotFoundError(f"FP checkpoint not found: {fp_ckpt}")
-        if fp_ckpt is not None and c.fp_checkpoint is None:  # our cached FP detector
-            check_fp_budgets(Path(fp_ckpt), checkpoint.load(fp_ckpt).get("preset_values"), c.preset,
+        if fp_ckpt is not None and c.fp_checkpoint is None:  # our cached FP detector (the trainer loads its weights)
+            check_fp_budgets(Path(fp_ckpt), checkpoint.load(fp_ckpt, mmap=True).get("preset_values"), c.preset,
                              DET_PRESETS[c.preset])
 
     from .ultralytics_qat import DETECTORS, DetectionRun, QATDetectionTrainer

@@ -26,12 +26,13 @@ def drop_resume_checkpoint(path: Path) -> None:
     Path(path).unlink(missing_ok=True)
 
 
-def load(path: Path) -> dict:
+def load(path: Path, mmap: bool = False) -> dict:
+    """A checkpoint dict; `mmap=True` maps tensor storage instead of reading it (a cheap look at its metadata)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
     except Exception as e:  # torch raises many types for a truncated or foreign file
         raise CheckpointError(f"corrupt or unreadable checkpoint {path}: {type(e).__name__}: {e}") from None
     if not isinstance(obj, dict):
