@@ -88,6 +88,10 @@ def reuse_notes(runs: dict, table: str) -> list[str]:
             + ", ".join(f"{t} ({n} run{'s' if n != 1 else ''})" for t, n in sorted(counts.items()))]
 
 
+OURS_NOTE = ("Our numbers: mean ± std over seeds of finished runs (n = seeds); 'missing' = no finished run "
+             "(absent, crashed or still running).")
+
+
 def seed_values(runs: dict, table: str, model: str, recipe: str, bits: int, key: str) -> list[float]:
     prefix = f"{table}/{model}/{recipe}/w{bits}a{bits}/s"
     return [float(r.summary[key]) for name, r in runs.items()
@@ -114,6 +118,24 @@ def fp_values(runs: dict, table: str, model: str, key: str = "fp_top1") -> list[
 def paper_value(table: str, model: str, recipe: str, bits: int):
     data = yaml.safe_load((REPO / "tables" / "paper_results.yaml").read_text())
     return data.get(table, {}).get(model, {}).get(recipe, {}).get(bits)
+
+
+def paper_cell(table: str, model: str, recipe: str, bits: int) -> str:
+    """The paper's number as printed (one decimal), empty where the paper has none."""
+    v = paper_value(table, model, recipe, bits)
+    return "" if v is None else f"{v:.1f}"
+
+
+def fp_and_bits_cells(runs: dict, table: str, model: str, recipe: str, key: str, bits: list[int],
+                      with_paper: bool) -> list[str]:
+    """A model's FP value, then `recipe` at each bit-width: ours (mean ± std), each followed by the paper's
+    number when `with_paper` (the layout of Tables III and IV)."""
+    cells = [fmt(fp_values(runs, table, model, "fp_" + key))]
+    cells += [paper_cell(table, model, "fp", 32)] if with_paper else []
+    for b in bits:
+        cells.append(fmt(seed_values(runs, table, model, recipe, b, key)))
+        cells += [paper_cell(table, model, recipe, b)] if with_paper else []
+    return cells
 
 
 def write_outputs(name: str, header: list[str], rows: list[list[str]], out: Path, title: str, notes: list[str]):

@@ -1,6 +1,6 @@
 """Table I: LSQ training vs. frozen weights with learnable step sizes (W4A4), YOLOv8-n (the paper's model) and
 MobileNetV2 (our classification stand-in)."""
-from common import fmt, fp_values, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs
+from common import fmt, fp_values, load_runs, paper_cell, OURS_NOTE, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table1"
 BITS = 4
@@ -26,11 +26,9 @@ def main(argv=None):
             else:
                 row.append(fmt(seed_values(runs, TABLE, model, recipe, bits, key)))
             if args.with_paper:
-                v = paper_value(TABLE, model, recipe, bits)
-                row.append("" if v is None else f"{v:.1f}")
+                row.append(paper_cell(TABLE, model, recipe, bits))
         rows.append(row)
-    notes = ["Our numbers: mean ± std over seeds of finished runs (n = seeds); 'missing' = no finished run "
-             "(absent, crashed or still running).",
+    notes = [OURS_NOTE,
              "Metric: YOLOv8-n mAP@[.5:.95] (%) on FMNIST-Det at the smoke/proxy presets (MS COCO at the paper "
              "preset); MobileNetV2 top-1 (%) on Fashion-MNIST at the smoke/proxy presets (ImageNet-1k at the "
              "paper preset). The paper reports YOLOv8-n only; MobileNetV2 is our classification stand-in.",

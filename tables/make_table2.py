@@ -1,6 +1,6 @@
 """Table II: our method against QAT baselines (LSQ, PerChannel, Damp, RedYolo; plus Nagel's iterative Freeze,
 which the paper does not report) on four detectors and four classifiers, W4A4 and W3A3."""
-from common import fmt, fp_values, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs
+from common import fmt, fp_values, load_runs, paper_cell, OURS_NOTE, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table2"
 BITS = [4, 3]
@@ -23,11 +23,9 @@ def main(argv=None):
         row += [fmt(seed_values(runs, TABLE, model, recipe, b, key)) for recipe, _ in METHODS for b in BITS]
         rows.append(row)
         if args.with_paper:
-            cells = [paper_value(TABLE, model, "fp", 32)]
-            cells += [paper_value(TABLE, model, recipe, b) for recipe, _ in METHODS for b in BITS]
-            rows.append([task, label, "paper"] + ["" if v is None else f"{v:.1f}" for v in cells])
-    notes = ["Our numbers: mean ± std over seeds of finished runs (n = seeds); 'missing' = no finished run "
-             "(absent, crashed or still running).",
+            rows.append([task, label, "paper", paper_cell(TABLE, model, "fp", 32)]
+                        + [paper_cell(TABLE, model, recipe, b) for recipe, _ in METHODS for b in BITS])
+    notes = [OURS_NOTE,
              "Metric: OD = mAP@[.5:.95] (%) on FMNIST-Det at the smoke/proxy presets (MS COCO at the paper preset); "
              "CLS = top-1 (%) on Fashion-MNIST at the smoke/proxy presets (ImageNet-1k at the paper preset).",
              "FP: the FP model as recorded by the QAT runs (fp_map / fp_top1, before the BN-fold prologue); "

@@ -1,7 +1,7 @@
 """Table III: our method (scalegrad+ead+afw) on nine classifiers, W4A4 and W3A3, with each model's parameter count."""
 import yaml
 
-from common import REPO, fmt, fp_values, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs
+from common import REPO, OURS_NOTE, fp_and_bits_cells, load_runs, parse_args, reuse_notes, write_outputs
 
 TABLE = "table3"
 RECIPE = "scalegrad+ead+afw"
@@ -40,17 +40,9 @@ def main(argv=None):
         row = [label, f"{param_millions(model):.1f}"]
         if args.with_paper:
             row.append(f"{paper_params[model]:.1f}")
-        row.append(fmt(fp_values(runs, TABLE, model, "fp_top1")))
-        if args.with_paper:
-            row.append(f"{paper_value(TABLE, model, 'fp', 32):.1f}")
-        for b in BITS:
-            row.append(fmt(seed_values(runs, TABLE, model, RECIPE, b, "top1")))
-            if args.with_paper:
-                v = paper_value(TABLE, model, RECIPE, b)
-                row.append("" if v is None else f"{v:.1f}")
+        row += fp_and_bits_cells(runs, TABLE, model, RECIPE, "top1", BITS, args.with_paper)
         rows.append(row)
-    notes = ["Our numbers: mean ± std over seeds of finished runs (n = seeds); 'missing' = no finished run "
-             "(absent, crashed or still running). Method: ours = recipe scalegrad+ead+afw.",
+    notes = [OURS_NOTE + " Method: ours = recipe scalegrad+ead+afw.",
              "Metric: top-1 (%) on Fashion-MNIST at the smoke/proxy presets (models at proxy size), ImageNet-1k at "
              "the paper preset. Acc. FP: the FP model as recorded by the QAT runs (fp_top1, before the BN-fold "
              "prologue).",

@@ -1,7 +1,7 @@
 """Table IV: our method (scalegrad+ead+afw) on eight detectors, W4A4 and W3A3."""
 import yaml
 
-from common import REPO, fmt, fp_values, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs
+from common import REPO, OURS_NOTE, fp_and_bits_cells, load_runs, parse_args, reuse_notes, write_outputs
 
 TABLE = "table4"
 RECIPE = "scalegrad+ead+afw"
@@ -22,17 +22,10 @@ def main(argv=None):
         header += [f"{b}A{b}W", *paper]
     rows = []
     for model, label in MODELS:
-        row = [label, f"{paper_params[model]:.1f}", fmt(fp_values(runs, TABLE, model, "fp_map"))]
-        if args.with_paper:
-            row.append(f"{paper_value(TABLE, model, 'fp', 32):.1f}")
-        for b in BITS:
-            row.append(fmt(seed_values(runs, TABLE, model, RECIPE, b, "map")))
-            if args.with_paper:
-                v = paper_value(TABLE, model, RECIPE, b)
-                row.append("" if v is None else f"{v:.1f}")
+        row = [label, f"{paper_params[model]:.1f}"]
+        row += fp_and_bits_cells(runs, TABLE, model, RECIPE, "map", BITS, args.with_paper)
         rows.append(row)
-    notes = ["Our numbers: mean ± std over seeds of finished runs (n = seeds); 'missing' = no finished run "
-             "(absent, crashed or still running). Method: ours = recipe scalegrad+ead+afw.",
+    notes = [OURS_NOTE + " Method: ours = recipe scalegrad+ead+afw.",
              "Metric: mAP@[.5:.95] (%) on FMNIST-Det at the smoke/proxy presets, MS COCO val2017 at the paper "
              "preset. mAP FP: the FP detector as recorded by the QAT runs (fp_map).",
              "Param (M) [paper]: the paper's printed parameter counts (COCO, 80 classes), not computed here."]

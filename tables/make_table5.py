@@ -1,5 +1,5 @@
 """Table V: ablation of ScaleGrad, EAD, AFW (AdaRound in place of AFW) on YOLOv8-n, YOLOv9-t, MobileNetV2."""
-from common import fmt, load_runs, paper_value, parse_args, reuse_notes, seed_values, write_outputs, fp_values
+from common import fmt, load_runs, paper_cell, OURS_NOTE, parse_args, reuse_notes, seed_values, write_outputs, fp_values
 
 TABLE = "table5"
 MODELS = [("yolov8n", "YOLOv8-n (mAP)", "map"), ("yolov9t", "YOLOv9-t (mAP)", "map"),
@@ -37,8 +37,7 @@ def main(argv=None):
             for model, _, key in MODELS:
                 row.append(fmt(seed_values(runs, TABLE, model, recipe, bits, key)))
                 if args.with_paper:
-                    v = paper_value(TABLE, model, recipe, bits)
-                    row.append("" if v is None else f"{v:.1f}")
+                    row.append(paper_cell(TABLE, model, recipe, bits))
             rows.append(row)
     fp = ["FP", "", "", "", "32"]
     for model, _, key in MODELS:
@@ -46,7 +45,7 @@ def main(argv=None):
         if args.with_paper:
             fp.append("")
     rows.append(fp)
-    notes = ["Our numbers: mean ± std over seeds of finished runs (n = seeds); 'missing' = no finished run.",
+    notes = [OURS_NOTE,
              "Preset and budgets: see the runs' configs; proxy numbers are Fashion-MNIST / FMNIST-Det, not ImageNet / COCO."]
     notes += oscillation_notes(runs)
     if args.with_paper:
