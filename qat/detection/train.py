@@ -213,7 +213,7 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
         tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
         config={"detection_config": _jsonable(dataclasses.asdict(c)), "preset_values": dict(DET_PRESETS[c.preset])})
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
-    lr = c.lr or p("fp_lr" if c.is_fp else "qat_lr")
+    lr = c.lr if c.lr is not None else p("fp_lr" if c.is_fp else "qat_lr")  # --lr 0 is a choice
     overrides = dict(model=DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
                      batch=c.batch or p("batch"), lr0=lr, seed=c.seed, device=c.device,
                      workers=c.workers, project=str(c.run_dir.parent), name=c.run_dir.name, exist_ok=True,
