@@ -1,7 +1,8 @@
 """Launch a table's experiments from its config (`experiments/<table>/config.yaml`).
 
 Every (model, bits, seed, recipe) becomes one `python -m qat.train` (classification) or
-`python -m qat.detection` (detection) run in its own process: a finished run is skipped, a killed one
+`python -m qat.detection` (detection) run in its own process: a finished run is skipped (with a warning
+when it finished with other training settings than the launcher gives it now), a killed one
 resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (parents
 are ordered first). A run that another table of the same preset has finished with the
 same training configuration is reused instead of trained again (qat/run_reuse.py; not when extra
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .config import FP_TABLE, REPO, fp_cache_path, fp_run_dir, run_name, runs_root
 from .detection.torch_detectors import TORCH_DETECTORS
-from .run_reuse import find_identical_run
+from .run_reuse import find_identical_run, trained_otherwise
 
 ULTRALYTICS_DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s"}
 DETECTORS = ULTRALYTICS_DETECTORS | set(TORCH_DETECTORS)  # SSD / YOLOX: our loop (qat/detection/torch_train.py)
@@ -123,6 +124,12 @@ def main(argv=None) -> int:
             return None
         return find_identical_run(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, None)
 
+    if not extra:  # (with extra arguments the launcher's own configs differ from the defaults anyway)
+        for r in runs:
+            if r.finished and trained_otherwise(r.preset, r.table, r.model, r.recipe, r.bits, r.seed):
+                print(f"[{cfg['table']}] warning: {r.name} finished with other training settings than this "
+                      f"launch gives it (a preset or default edited since?); it is kept as finished: delete "
+                      f"{runs_root() / r.preset / r.name} to train it again", file=sys.stderr, flush=True)
     todo = [r for r in runs if not r.finished]
     reuse = {r: reusable(r) for r in todo}
     print(f"[{cfg['table']}] preset {args.preset}: {len(runs)} runs, {len(runs) - len(todo)} finished already, "

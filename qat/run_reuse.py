@@ -111,3 +111,13 @@ def find_identical_run(preset: str, table: str, model: str, recipe: str, bits: i
         expected_config = default_config(preset, table, model, recipe, bits, seed)
     found = find_identical_record(preset, table, model, recipe, bits, seed, expected_config)
     return found[0] if found else None
+
+
+def trained_otherwise(preset: str, table: str, model: str, recipe: str, bits: int, seed: int) -> bool:
+    """Whether this cell's own run finished with another training configuration than the launcher gives
+    the cell now (a preset or default edited since it ran, like MobileNetV1's QAT lr): it counts as finished,
+    but its numbers are not what the table's code would train. Detection presets' budgets are not part of
+    the identity (module docstring), so an edited DET_PRESETS goes unnoticed here."""
+    rec = finished_record(runs_root() / preset / run_name(table, model, recipe, bits, seed))
+    return rec is not None and training_identity(rec.config) != training_identity(
+        default_config(preset, table, model, recipe, bits, seed))

@@ -212,9 +212,9 @@ def test_wandb_api_reading_borrows_nothing(monkeypatch):
 
 
 # -------------------------------------------------------------------------------------------------- launcher
-def launcher_config(tmp_path: Path, recipes: list[str]) -> Path:
+def launcher_config(tmp_path: Path, recipes: list[str], table: str = "table2") -> Path:
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump({"table": "table2", "models": ["mobilenetv2"], "recipes": recipes, "bits": [4],
+    path.write_text(yaml.safe_dump({"table": table, "models": ["mobilenetv2"], "recipes": recipes, "bits": [4],
                                     "seeds": [0]}))
     return path
 
@@ -239,3 +239,16 @@ def test_launcher_reuses_identical_runs(env, tmp_path, capsys):
     assert f"[table2] reused table2/mobilenetv2/lsq/w4a4/s0 from {source}" in out
     assert not (env / PRESET / "table2" / "logs" / "table2__mobilenetv2__lsq__w4a4__s0.log").exists()
     assert not run_dir(env, "table2", "mobilenetv2", "lsq", 4, 0).exists()
+
+
+def test_launcher_warns_of_own_runs_trained_otherwise(env, tmp_path, capsys):
+    """table5's damp W4 run finished with epochs=1, which the launcher does not give it: kept, but named."""
+    from qat import experiments
+    cfg = launcher_config(tmp_path, ["lsq", "damp"], table="table5")
+    assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "2 finished already" in out
+    warned = [line for line in err.splitlines() if "warning" in line]
+    assert len(warned) == 1 and "table5/mobilenetv2/damp/w4a4/s0 finished with other training settings" in warned[0]
+    assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run", "--epochs", "1"]) == 0
+    assert "warning" not in capsys.readouterr().err  # extra arguments: the defaults are not what runs
