@@ -1,6 +1,6 @@
 """Table I: LSQ training vs. frozen weights with learnable step sizes (W4A4), YOLOv8-n (the paper's model) and
 MobileNetV2 (our classification stand-in)."""
-from common import fmt, fp_values, load_runs, paper_cell, OURS_NOTE, parse_args, reuse_notes, seed_values, write_outputs
+from common import OURS_NOTE, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table1"
 BITS = 4

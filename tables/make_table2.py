@@ -1,6 +1,6 @@
 """Table II: our method against QAT baselines (LSQ, PerChannel, Damp, RedYolo; plus Nagel's iterative Freeze,
 which the paper does not report) on four detectors and four classifiers, W4A4 and W3A3."""
-from common import fmt, fp_values, load_runs, paper_cell, OURS_NOTE, parse_args, reuse_notes, seed_values, write_outputs
+from common import OURS_NOTE, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table2"
 BITS = [4, 3]

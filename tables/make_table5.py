@@ -1,5 +1,5 @@
 """Table V: ablation of ScaleGrad, EAD, AFW (AdaRound in place of AFW) on YOLOv8-n, YOLOv9-t, MobileNetV2."""
-from common import fmt, load_runs, paper_cell, OURS_NOTE, parse_args, reuse_notes, seed_values, write_outputs, fp_values
+from common import OURS_NOTE, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values, write_outputs
 
 TABLE = "table5"
 MODELS = [("yolov8n", "YOLOv8-n (mAP)", "map"), ("yolov9t", "YOLOv9-t (mAP)", "map"),
