@@ -13,7 +13,7 @@ import torch
 
 from .hooks import TrainingHook, TrainState
 from .modules import low_bit_layers
-from .oscillation import OscillationTracker
+from .oscillation import OscillationTracker, loaded_codes, stored_codes
 
 
 def freeze_threshold(progress: float, bits: int, start: float = 0.1, off_fraction: float = 0.25) -> float | None:
@@ -46,10 +46,10 @@ class FrozenCodes:
         self.mask |= new
 
     def state_dict(self) -> dict:
-        return {"mask": self.mask, "codes": self.codes}
+        return {"mask": self.mask, "codes": stored_codes(self.codes)}
 
     def load_state_dict(self, state: dict) -> None:
-        self.mask, self.codes = state["mask"], state["codes"]
+        self.mask, self.codes = state["mask"], loaded_codes(state["codes"])
 
 
 def attach_trackers(model, momentum: float = 0.001, max_bits: int = 4) -> None:

@@ -13,4 +13,8 @@ export QAT_RUNS="$STATE/runs" QAT_CHECKPOINTS="$STATE/checkpoints" WANDB_DIR="$S
        WANDB_CACHE_DIR="$STATE/wandb-cache" WANDB_CONFIG_DIR="$STATE/wandb-config" WANDB_DATA_DIR="$STATE/wandb-data" \
        YOLO_CONFIG_DIR="$STATE/ultralytics" MPLCONFIGDIR="$STATE/mpl" TORCHINDUCTOR_CACHE_DIR="$STATE/inductor"
 if [[ $# -eq 0 ]]; then set -- -m "not slow"; fi
-exec python -m pytest -q -p no:cacheprovider --durations=15 tests "$@"
+# Test directories live under $STATE too, and a passed test's is deleted when it ends: the suite's runs and
+# checkpoints would otherwise pile up in /tmp (about 1.7 GB per session, three sessions kept by pytest).
+# No `exec`: the EXIT trap must run after pytest.
+python -m pytest -q -p no:cacheprovider --basetemp="$STATE/pytest" -o tmp_path_retention_policy=failed \
+    --durations=15 tests "$@"

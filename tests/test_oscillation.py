@@ -58,3 +58,35 @@ def test_tracker_updates_only_on_training_forwards():
     model.train()
     model(torch.randn(2, 3, 8, 8))
     assert layer.weight_quant.tracker.previous is not None
+
+
+def test_checkpointed_tracker_continues_exactly_and_stores_narrow_integers(tmp_path):
+    from qat.freeze import FrozenCodes
+    torch.manual_seed(0)
+    sequence = [torch.randint(-4, 4, (64,)).float() for _ in range(6)]
+    straight = run(sequence[:3], momentum=0.1)
+    path = tmp_path / "tracker.pt"
+    torch.save(straight.state_dict(), path)
+    stored = torch.load(path)
+    assert stored["previous"].dtype == torch.int8 and stored["count"].dtype == torch.int32
+    resumed = OscillationTracker()
+    resumed.load_state_dict(stored)
+    for codes in sequence[3:]:
+        straight.update(codes)
+        resumed.update(codes)
+    for name in ("previous", "last_direction", "frequency", "count", "int_ema"):
+        assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
+        assert getattr(resumed, name).dtype == getattr(straight, name).dtype, name
+
+    frozen = FrozenCodes(torch.zeros(4))
+    frozen.freeze(torch.tensor([True, False, True, False]), torch.tensor([-300.0, 0.0, 7.0, 0.0]))
+    assert frozen.state_dict()["codes"].dtype == torch.int16, "−300 needs 16 bits"
+    reloaded = FrozenCodes(torch.zeros(4))
+    reloaded.load_state_dict(frozen.state_dict())
+    assert reloaded.codes.dtype == torch.float32 and torch.equal(reloaded.codes, frozen.codes)
+
+
+def test_non_integer_codes_are_stored_unchanged():
+    from qat.oscillation import stored_codes
+    values = torch.tensor([0.5, 1.0])
+    assert stored_codes(values) is values
