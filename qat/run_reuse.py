@@ -76,10 +76,11 @@ def default_config(preset: str, table: str, model: str, recipe: str, bits: int, 
 
 
 def finished_record(run_dir: Path) -> RunRecord | None:
-    """The newest finished W&B run in a run directory that holds result.json; None otherwise."""
+    """The newest finished W&B run in a run directory that holds result.json; None otherwise (its history
+    is not read: callers compare configs)."""
     if not (run_dir / "result.json").is_file():
         return None
-    done = [r for r in read_local_runs(run_dir) if r.finished]
+    done = [r for r in read_local_runs(run_dir, with_history=False) if r.finished]
     return max(done, key=lambda r: r.start_time) if done else None
 
 

@@ -37,13 +37,13 @@ def load_runs(args, table: str) -> dict:
     With --runs, other tables are looked for beside it when it is a `<preset>/<table>` directory.
     """
     if args.wandb:
-        records = read_api_runs(args.wandb, filters={"group": table})
+        records = read_api_runs(args.wandb, filters={"group": table}, history=False)
         return {name: rec for name, rec in by_name(records).items() if rec.group == table}
     import os
     preset = args.preset or os.environ.get("PRESET", "proxy")
     preset_dir = Path(os.environ.get("QAT_RUNS", REPO / "runs")) / preset
     root = args.runs or preset_dir / table
-    records = read_local_runs(root) if root.is_dir() else []
+    records = read_local_runs(root, with_history=False) if root.is_dir() else []  # tables read summaries
     runs = {name: rec for name, rec in by_name(records).items() if rec.group == table}
     if args.runs is not None:
         if args.runs.name != table:

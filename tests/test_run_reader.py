@@ -145,6 +145,9 @@ def test_read_local_runs_parses_and_classifies(tmp_path):
     assert (runs["bbb"].state, runs["bbb"].exit_code) == ("crashed", 1)
     assert runs["ccc"].state == "running"  # no exit record, file just written
     assert read_local_runs(tmp_path, running_window_s=0)[2].state == "killed"
+    light = {r.run_id: r for r in read_local_runs(tmp_path, with_history=False)}
+    assert light["aaa"].history == [] and light["aaa"].config == cfg and light["aaa"].summary == a.summary
+    assert [light[i].state for i in ("aaa", "bbb", "ccc")] == ["finished", "crashed", "running"]
 
 
 def test_resumed_segments_merge(tmp_path):

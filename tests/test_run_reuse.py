@@ -205,7 +205,8 @@ def test_wandb_api_reading_borrows_nothing(monkeypatch):
     import common
     from qat.logging import RunRecord
     rec = RunRecord("id", "table2/mobilenetv2/lsq/w3a3/s0", "table2", [], {}, {"top1": 1.0}, [], "finished", "p")
-    monkeypatch.setattr(common, "read_api_runs", lambda path, filters: [rec])
+    monkeypatch.setattr(common, "read_api_runs",
+                        lambda path, filters, history: pytest.fail("tables read no history") if history else [rec])
     monkeypatch.setattr(common, "borrowed_runs", lambda *a: pytest.fail("API reading must not borrow"))
     args = common.parse_args("table2", ["--wandb", "e/p"])
     assert common.load_runs(args, "table2") == {rec.name: rec}
