@@ -7,6 +7,16 @@ export QAT_DATA="${QAT_DATA:-$REPO/data}"
 # The installing part runs in a subshell with strict error handling, so sourcing this file does not
 # change the caller's shell options.
 VENV="$REPO/.venv"
+
+# A full disk otherwise shows up as a stray ENOSPC deep inside pip or a test: say so up front.
+require_free_gb() {  # directory, GB needed, what needs them
+  local free_gb
+  free_gb="$(df -Pk "$1" | awk 'NR == 2 {printf "%d", $4 / 1048576}')"
+  if (( free_gb < $2 )); then
+    echo "[setup] $3 needs about $2 GB free on the disk of $1; $free_gb GB are free" >&2
+    return 1
+  fi
+}
 (
 set -euo pipefail
 STAMP="$VENV/.requirements.sha256"
@@ -17,6 +27,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   python3 -m venv "$VENV"
 fi
 if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
+  require_free_gb "$REPO" 7 "installing the pinned requirements (torch's CUDA build: 6.2 GB in .venv)"
   echo "[setup] installing pinned requirements (first run: a few minutes)" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
   "$VENV/bin/python" -m pip install -q -r "$REPO/requirements.txt" -c "$REPO/requirements.lock.txt" >&2

@@ -8,6 +8,7 @@ source scripts/setup.sh
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" TQDM_DISABLE=1 WANDB_SILENT=true
 STATE="$(mktemp -d)"
 trap 'rm -rf "$STATE"' EXIT
+require_free_gb "$STATE" 1 "the test suite (its runs, checkpoints and W&B logs)"
 # Tests never touch the repository's runs/ or checkpoints/ nor the home directory.
 export QAT_RUNS="$STATE/runs" QAT_CHECKPOINTS="$STATE/checkpoints" WANDB_DIR="$STATE/wandb" \
        WANDB_CACHE_DIR="$STATE/wandb-cache" WANDB_CONFIG_DIR="$STATE/wandb-config" WANDB_DATA_DIR="$STATE/wandb-data" \
