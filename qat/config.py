@@ -53,8 +53,36 @@ MODEL_QAT_LR: dict[tuple[str, str], float] = {(preset, "mobilenetv1"): 1e-4
                                               for preset in ("proxy", "proxy-long", "proxy-gpu")}
 
 
+class PresetRun:
+    """What every run configuration (RunConfig, DetectionConfig) derives from its model, recipe, bits, seed,
+    preset, table and out fields and its class's `presets`."""
+
+    presets: ClassVar[dict[str, dict]]
+
+    def preset_value(self, key):
+        return self.presets[self.preset][key]
+
+    @property
+    def is_fp(self) -> bool:
+        return self.recipe == "fp"
+
+    @property
+    def run_name(self) -> str:
+        return run_name(self.table, self.model, self.recipe, self.bits, self.seed)
+
+    @property
+    def run_dir(self) -> Path:
+        """runs/{preset}/{run name}: presets never share a run directory."""
+        return Path(self.out) if self.out else runs_root() / self.preset / self.run_name
+
+    @property
+    def training_lr(self) -> float:
+        """--lr where given (0 included), else the preset's FP or QAT lr."""
+        return self.lr if self.lr is not None else self.preset_value("fp_lr" if self.is_fp else "qat_lr")
+
+
 @dataclass
-class RunConfig:
+class RunConfig(PresetRun):
     model: str = "mobilenetv2"
     recipe: str = "lsq"                  # or "fp" for FP pretraining
     bits: int = 4
@@ -91,22 +119,6 @@ class RunConfig:
     def __post_init__(self):
         if self.lr is None and not self.is_fp:
             self.lr = MODEL_QAT_LR.get((self.preset, self.model))
-
-    def preset_value(self, key):
-        return self.presets[self.preset][key]
-
-    @property
-    def is_fp(self) -> bool:
-        return self.recipe == "fp"
-
-    @property
-    def run_name(self) -> str:
-        return run_name(self.table, self.model, self.recipe, self.bits, self.seed)
-
-    @property
-    def run_dir(self) -> Path:
-        """runs/{preset}/{run name}: presets never share a run directory."""
-        return Path(self.out) if self.out else runs_root() / self.preset / self.run_name
 
     def to_dict(self) -> dict:
         d = asdict(self)

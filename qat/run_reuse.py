@@ -11,9 +11,10 @@ resuming, hardware, logging, code version), removed at every nesting level; inte
 ints (2000.0 = 2000). For a detection run (its config has `detection_config`) only `detection_config`
 counts: it holds every option the run was given; `detection_run` and `ultralytics_args` are derived
 from it by `train_detector` (plus paths into the run's own directory, the parent's checkpoint and the
-FP cache), so they would only tell runs apart by where they live. (Unlike a classification config, which
-carries `preset_values`, it does not record DET_PRESETS' budgets or the FMNIST-Det version: a change to
-those counts as a code change, which the identity ignores like `git_commit`.) User-given paths (`data`,
+FP cache), so they would only tell runs apart by where they live. (The config's `preset_values`, the
+DET_PRESETS budgets, stay out: runs made before they were recorded, 70 of our 155 finished detection runs,
+could not be compared; a change to DET_PRESETS or the FMNIST-Det version counts as a code change, which the
+identity ignores like `git_commit`.) User-given paths (`data`,
 `fp_checkpoint`, `val_json`) stay in the identity: other weights or data are another experiment.
 A run is reused only when it is finished: `result.json` in its directory and a finished W&B run there.
 """

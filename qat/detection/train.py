@@ -22,10 +22,11 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
-from ..config import FP_TABLE, check_fp_budgets, fp_cache_path, run_name, runs_root
+from ..config import FP_TABLE, PresetRun, check_fp_budgets, fp_cache_path
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import RECIPES, MethodConfig, get_recipe
 from ..train import checkpoint
@@ -60,7 +61,7 @@ DET_PRESETS: dict[str, dict] = {
 
 
 @dataclasses.dataclass
-class DetectionConfig:
+class DetectionConfig(PresetRun):
     model: str = "yolov8n"
     recipe: str = "lsq"                  # or "fp" for FP pretraining
     bits: int = 4
@@ -90,22 +91,7 @@ class DetectionConfig:
     fig1_iterations: int = 200
     workers: int = 0
     methods: MethodConfig = dataclasses.field(default_factory=MethodConfig)
-
-    def preset_value(self, key):
-        return DET_PRESETS[self.preset][key]
-
-    @property
-    def is_fp(self) -> bool:
-        return self.recipe == "fp"
-
-    @property
-    def run_name(self) -> str:
-        return run_name(self.table, self.model, self.recipe, self.bits, self.seed)
-
-    @property
-    def run_dir(self) -> Path:
-        """runs/{preset}/{run name} (the classification layout: presets never share a run directory)."""
-        return Path(self.out) if self.out else runs_root() / self.preset / self.run_name
+    presets: ClassVar[dict[str, dict]] = DET_PRESETS
 
 
 def validate_config(c: DetectionConfig) -> None:
@@ -213,9 +199,8 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
         tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
         config={"detection_config": _jsonable(dataclasses.asdict(c)), "preset_values": dict(DET_PRESETS[c.preset])})
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
-    lr = c.lr if c.lr is not None else p("fp_lr" if c.is_fp else "qat_lr")  # --lr 0 is a choice
     overrides = dict(model=DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
-                     batch=c.batch or p("batch"), lr0=lr, seed=c.seed, device=c.device,
+                     batch=c.batch or p("batch"), lr0=c.training_lr, seed=c.seed, device=c.device,
                      workers=c.workers, project=str(c.run_dir.parent), name=c.run_dir.name, exist_ok=True,
                      close_mosaic=p("close_mosaic"), deterministic=True)
     if c.is_fp:  # Ultralytics' own recipe (optimizer "auto", its weight decay), a shorter warm-up, all images

@@ -274,8 +274,7 @@ class Trainer:
                   {"params": no_decay, "weight_decay": 0.0}]
         if step_params:
             groups.append({"params": step_params, "weight_decay": 0.0})  # never decay step sizes
-        lr = c.lr if c.lr is not None else c.preset_value("fp_lr" if c.is_fp else "qat_lr")  # --lr 0 is a choice
-        opt = torch.optim.SGD(groups, lr=lr, momentum=c.momentum, nesterov=c.is_fp)
+        opt = torch.optim.SGD(groups, lr=c.training_lr, momentum=c.momentum, nesterov=c.is_fp)
         if c.is_fp:
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
         else:  # the paper's StepLR
