@@ -13,8 +13,9 @@ counts: it holds every option the run was given; `detection_run` and `ultralytic
 from it by `train_detector` (plus paths into the run's own directory, the parent's checkpoint and the
 FP cache), so they would only tell runs apart by where they live. (The config's `preset_values`, the
 DET_PRESETS budgets, stay out: runs made before they were recorded, 70 of our 155 finished detection runs,
-could not be compared; a change to DET_PRESETS or the FMNIST-Det version counts as a code change, which the
-identity ignores like `git_commit`.) User-given paths (`data`,
+could not be compared. Where a run recorded them, `budgets_as_now` holds reuse and the stale-run warning
+to today's DET_PRESETS; the FMNIST-Det version counts as a code change, ignored like `git_commit`.)
+User-given paths (`data`,
 `fp_checkpoint`, `val_json`) stay in the identity: other weights or data are another experiment.
 A run is reused only when it is finished: `result.json` in its directory and a finished W&B run there.
 """
@@ -47,6 +48,18 @@ def training_identity(config: dict) -> str:
     if "detection_config" in config:
         config = config["detection_config"]
     return json.dumps(_strip(config), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def budgets_as_now(config: dict) -> bool:
+    """Whether a detection run's recorded DET_PRESETS budgets (`preset_values`) are its preset's budgets now.
+    They are not part of `training_identity` (module docstring), so reuse and the stale-run warning check
+    them here; a run that recorded none, and every non-detection run, counts as current."""
+    if "detection_config" not in config or "preset_values" not in config:
+        return True
+    from .detection.train import DET_PRESETS
+    preset = config["detection_config"].get("preset")
+    canonical = lambda d: json.dumps(_strip(d), sort_keys=True, default=str)  # noqa: E731
+    return preset in DET_PRESETS and canonical(config["preset_values"]) == canonical(DET_PRESETS[preset])
 
 
 def default_config(preset: str, table: str, model: str, recipe: str, bits: int, seed: int,
@@ -98,7 +111,7 @@ def find_identical_record(preset: str, table: str, model: str, recipe: str, bits
             continue
         run_dir = preset_dir / run_name(other, model, recipe, bits, seed)
         rec = finished_record(run_dir)
-        if rec is not None and training_identity(rec.config) == want:
+        if rec is not None and training_identity(rec.config) == want and budgets_as_now(rec.config):
             return run_dir, rec
     return None
 
@@ -117,9 +130,9 @@ def find_identical_run(preset: str, table: str, model: str, recipe: str, bits: i
 
 def trained_otherwise(preset: str, table: str, model: str, recipe: str, bits: int, seed: int) -> bool:
     """Whether this cell's own run finished with another training configuration than the launcher gives
-    the cell now (a preset or default edited since it ran, like MobileNetV1's QAT lr): it counts as finished,
-    but its numbers are not what the table's code would train. Detection presets' budgets are not part of
-    the identity (module docstring), so an edited DET_PRESETS goes unnoticed here."""
+    the cell now (a preset or default edited since it ran, like MobileNetV1's QAT lr; for a detector, the
+    DET_PRESETS budgets it recorded): it counts as finished, but its numbers are not what the table's code
+    would train."""
     rec = finished_record(runs_root() / preset / run_name(table, model, recipe, bits, seed))
-    return rec is not None and training_identity(rec.config) != training_identity(
-        default_config(preset, table, model, recipe, bits, seed))
+    return rec is not None and (not budgets_as_now(rec.config) or training_identity(rec.config) != training_identity(
+        default_config(preset, table, model, recipe, bits, seed)))

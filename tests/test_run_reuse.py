@@ -11,6 +11,7 @@ Runs under $QAT_RUNS/smoke/ (→ what Table II must show for it):
 - table5 yolov8n lsq W4 with the default DetectionConfig → borrowed; W3 with epochs set → missing
 - table2 yolov9t lsq W4 with epochs=3 (own run), table5 yolov9t lsq W3 with epochs=3 → borrowed (compared
   with the options of Table II's own yolov9t lsq run, not the defaults)
+- table5 yolov8n perchannel W4, identical but recorded other DET_PRESETS budgets than today's → missing
 """
 from __future__ import annotations
 
@@ -42,13 +43,17 @@ def cls_config(table, model, recipe, bits, seed, **changes) -> dict:
     return cfg.to_dict()
 
 
-def det_config(table, model, recipe, bits, seed, **changes) -> dict:
-    from qat.detection.train import DetectionConfig
+def det_config(table, model, recipe, bits, seed, stale_budgets=False, **changes) -> dict:
+    """What `python -m qat.detection` logs; `stale_budgets`: DET_PRESETS budgets other than today's recorded."""
+    from qat.detection.train import DET_PRESETS, DetectionConfig
     c = dataclasses.asdict(DetectionConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET,
                                            table=table, resume=True, **changes))
     run = {"recipe": recipe, "bits": bits, "name": f"{table}/{model}", "group": table,
            "init_from": ["tau", f"/runs/{table}/parent/qat_tau.pt"], "val_json": f"/runs/{table}/val.json"}
-    return {"detection_config": c, "detection_run": run, "ultralytics_args": {"save_dir": f"/runs/{table}/x"}}
+    config = {"detection_config": c, "detection_run": run, "ultralytics_args": {"save_dir": f"/runs/{table}/x"}}
+    if stale_budgets:
+        config["preset_values"] = dict(DET_PRESETS[PRESET], qat_epochs=DET_PRESETS[PRESET]["qat_epochs"] + 1)
+    return config
 
 
 AFW = dataclasses.replace(RunConfig().methods, afw_lr=0.01)
@@ -72,6 +77,8 @@ RUNS = {
     ("table5", "yolov8n", "lsq", 3, 0): (det_config("table5", "yolov8n", "lsq", 3, 0, epochs=1), {"map": 5.0}, 0),
     ("table2", "yolov9t", "lsq", 4, 0): (det_config("table2", "yolov9t", "lsq", 4, 0, epochs=3), {"map": 20.0}, 0),
     ("table5", "yolov9t", "lsq", 3, 0): (det_config("table5", "yolov9t", "lsq", 3, 0, epochs=3), {"map": 15.0}, 0),
+    ("table5", "yolov8n", "perchannel", 4, 0): (det_config("table5", "yolov8n", "perchannel", 4, 0, stale_budgets=True),
+                                                {"map": 27.0}, 0),
 }
 
 
@@ -166,6 +173,19 @@ def test_find_identical_run(env):
     assert find("table2", "yolov8n", "lsq", 4, 0, expected_config=det_config("table2", "yolov8n", "lsq", 4, 0)) == \
         run_dir(root, "table5", "yolov8n", "lsq", 4, 0)
     assert find("table2", "yolov8n", "lsq", 3, 0, expected_config=det_config("table2", "yolov8n", "lsq", 3, 0)) is None
+    # trained with other DET_PRESETS budgets than today's (recorded in preset_values): not reused
+    assert find("table2", "yolov8n", "perchannel", 4, 0, None) is None
+
+
+def test_detection_budgets_are_checked_where_recorded(env):
+    from qat.detection.train import DET_PRESETS
+    from qat.run_reuse import budgets_as_now, trained_otherwise
+    current = det_config("table5", "yolov8n", "lsq", 4, 0)
+    assert budgets_as_now(current)  # nothing recorded: counts as current
+    assert budgets_as_now(dict(current, preset_values=json.loads(json.dumps(DET_PRESETS[PRESET]))))
+    assert not budgets_as_now(det_config("table5", "yolov8n", "lsq", 4, 0, stale_budgets=True))
+    assert trained_otherwise(PRESET, "table5", "yolov8n", "perchannel", 4, 0)
+    assert not trained_otherwise(PRESET, "table5", "yolov8n", "lsq", 4, 0)
 
 
 # ---------------------------------------------------------------------------------------------- table makers
@@ -192,6 +212,7 @@ def test_table2_fills_cells_from_identical_runs(env, tmp_path, how):
     assert cells[("MobileNetV2", "FP")] == "88.00 (n=1)"
     assert cells[("YOLOv8-n", "LSQ 4a4w")] == "28.50 (n=1)" and cells[("YOLOv8-n", "LSQ 3a3w")] == "missing"
     assert cells[("YOLOv9-t", "LSQ 4a4w")] == "20.00 (n=1)" and cells[("YOLOv9-t", "LSQ 3a3w")] == "15.00 (n=1)"
+    assert cells[("YOLOv8-n", "PerChannel 4a4w")] == "missing"  # other DET_PRESETS budgets
     assert "- Cells reused from identical runs of other tables: table3 (1 run), table5 (3 runs)\n" in md
 
 
