@@ -1,10 +1,13 @@
 """The task interface that post-training steps (AFW, AdaRound, QC, Table I's step-only phase) use.
 
-Classification and detection each provide one, so a post step is written once and runs on both.
+Classification and detection each provide one, so a post step is written once and runs on both;
+`LoaderTask` is one over your own data loader, loss and evaluation (README, "Using the library").
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Protocol
+import itertools
+import math
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import torch
 from torch import nn
@@ -38,3 +41,47 @@ class PostStep(Protocol):
     name: str
 
     def run(self, model: nn.Module, task: TaskAdapter) -> dict: ...
+
+
+class LoaderTask:
+    """TaskAdapter over a loader of (input, target) batches, `loss_fn(output, target)` and `evaluate_fn(model)`
+    (the headline metric, a number); `calib`: the batches, in the loader's format, that AdaRound and RedYolo's
+    QC step calibrate on (default: the loader's first 4). Batches are moved to `device` when one is given."""
+
+    def __init__(self, loader: Iterable, loss_fn: Callable, evaluate_fn: Callable[[nn.Module], float],
+                 device: torch.device | str | None = None, calib: list | None = None):
+        self.loader, self.loss_fn, self.evaluate_fn, self.device = loader, loss_fn, evaluate_fn, device
+        self._calib = calib
+
+    def _moved(self, batch):
+        return batch if self.device is None else tuple(t.to(self.device) for t in batch)
+
+    def train_batches(self, epochs: int = 1) -> Iterator[Any]:
+        for _ in range(epochs):
+            for batch in self.loader:
+                yield self._moved(batch)
+
+    def iterations_for(self, epochs: float) -> int:
+        return max(1, math.ceil(epochs * len(self.loader)))
+
+    def calib_batches(self) -> list:
+        batches = self._calib if self._calib is not None else itertools.islice(self.loader, 4)
+        return [self._moved(batch) for batch in batches]
+
+    def inputs(self, batch: Any) -> torch.Tensor:
+        return batch[0]
+
+    def loss(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        return self.loss_fn(model(batch[0]), batch[1])
+
+    def evaluate(self, model: nn.Module) -> dict:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                return {"metric": float(self.evaluate_fn(model))}
+        finally:
+            model.train(was_training)
+
+    def log(self, metrics: dict, step: int | None = None) -> None:
+        pass  # the post steps return their metrics; log them where your loop logs

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from ..config import FP_TABLE, RunConfig, check_fp_budgets, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
+from ..loop import qat_step
 from ..models import build_model
 from ..modules import quant_layers, set_gradient_mode, step_parameters
 from ..oscillation import bin_position_histogram
@@ -450,19 +451,7 @@ class Trainer:
         t0 = time.time()
         for i, batch in enumerate(bar):
             loss, n, batch_correct = self.batch_loss(train_model, self.move(batch))
-            extra = [e for e in (h.extra_loss(state) for h in hooks) if e is not None]
-            total = loss + sum(extra) if extra else loss
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            for h in hooks:
-                h.before_optimizer_step(state)
-            optimizer.step()
-            if steps:
-                with torch.no_grad():
-                    torch._foreach_clamp_min_(steps, 1e-8)  # step sizes stay positive
-            for h in hooks:
-                h.after_optimizer_step(state)
-            state.iteration += 1
+            qat_step(loss, optimizer, hooks, state, steps)
             self.global_step = state.iteration
             loss_sum += loss.detach() * n
             if batch_correct is not None:
