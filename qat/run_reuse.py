@@ -52,14 +52,20 @@ def training_identity(config: dict) -> str:
 
 def budgets_as_now(config: dict) -> bool:
     """Whether a detection run's recorded DET_PRESETS budgets (`preset_values`) are its preset's budgets now.
-    They are not part of `training_identity` (module docstring), so reuse and the stale-run warning check
-    them here; a run that recorded none, and every non-detection run, counts as current."""
+    They are not part of `training_identity` (module docstring), so `trains_as` checks them apart; a run that
+    recorded none, and every non-detection run, counts as current."""
     if "detection_config" not in config or "preset_values" not in config:
         return True
     from .detection.train import DET_PRESETS
     preset = config["detection_config"].get("preset")
-    canonical = lambda d: json.dumps(_strip(d), sort_keys=True, default=str)  # noqa: E731
-    return preset in DET_PRESETS and canonical(config["preset_values"]) == canonical(DET_PRESETS[preset])
+    recorded = config["preset_values"]
+    return preset in DET_PRESETS and training_identity(recorded) == training_identity(DET_PRESETS[preset])
+
+
+def trains_as(config: dict, expected: dict) -> bool:
+    """Whether a finished run's logged `config` trained what `expected` describes: the same training identity
+    and, for a detection run that recorded them, today's DET_PRESETS budgets."""
+    return training_identity(config) == training_identity(expected) and budgets_as_now(config)
 
 
 def default_config(preset: str, table: str, model: str, recipe: str, bits: int, seed: int,
@@ -105,13 +111,12 @@ def find_identical_record(preset: str, table: str, model: str, recipe: str, bits
     preset_dir = preset_dir or runs_root() / preset
     if not preset_dir.is_dir():
         return None
-    want = training_identity(expected)
     for other in sorted(d.name for d in preset_dir.iterdir() if d.is_dir()):
         if other == table or other in SKIPPED_DIRS:
             continue
         run_dir = preset_dir / run_name(other, model, recipe, bits, seed)
         rec = finished_record(run_dir)
-        if rec is not None and training_identity(rec.config) == want and budgets_as_now(rec.config):
+        if rec is not None and trains_as(rec.config, expected):
             return run_dir, rec
     return None
 
@@ -134,5 +139,4 @@ def trained_otherwise(preset: str, table: str, model: str, recipe: str, bits: in
     DET_PRESETS budgets it recorded): it counts as finished, but its numbers are not what the table's code
     would train."""
     rec = finished_record(runs_root() / preset / run_name(table, model, recipe, bits, seed))
-    return rec is not None and (not budgets_as_now(rec.config) or training_identity(rec.config) != training_identity(
-        default_config(preset, table, model, recipe, bits, seed)))
+    return rec is not None and not trains_as(rec.config, default_config(preset, table, model, recipe, bits, seed))
