@@ -1,9 +1,10 @@
 """Iterative weight freezing (SPEC §5; Nagel et al. 2022) — the Freeze baseline and AFW's first half.
 
-A weight whose oscillation frequency exceeds f_th(t) is frozen: its integer code is fixed to
-round(EMA of its w_int) and its latent value gets no task gradient. Frozen stays frozen.
-f_th(t): off for the first 25% of iterations, then cosine-decayed from 0.1 to 0.01 (4-bit) /
-0.011 (3-bit).
+A weight whose (bias-corrected, SPEC §4) oscillation frequency exceeds f_th(t) is frozen: its integer code
+is fixed to round(EMA of its w_int), that EMA started when freezing switches on (bias-corrected), and its
+latent value gets no task gradient. Frozen stays frozen. f_th(t): off for the first 25% of iterations, then
+cosine-decayed from 0.1 to 0.01 (4-bit) / 0.011 (3-bit). A frozen element feeds its step size like any
+other: x̂ = s·code, with LSQ's gradient scale g on its contribution to dL/ds.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import math
 
 import torch
 
+from .functional import STEP_EPS
 from .hooks import TrainingHook, TrainState
 from .modules import low_bit_layers
 from .oscillation import OscillationTracker, loaded_codes, stored_codes
@@ -32,9 +34,13 @@ class FrozenCodes:
         self.mask = torch.zeros_like(like, dtype=torch.bool)
         self.codes = torch.zeros_like(like)
 
-    def apply(self, w_hat: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        # torch.where gives frozen elements no gradient to the latent weight; the step still learns.
-        return torch.where(self.mask, step * self.codes, w_hat)
+    def apply(self, w_hat: torch.Tensor, step: torch.Tensor, grad_scale: float) -> torch.Tensor:
+        """x̂ with frozen elements replaced by s·code. torch.where gives them no gradient to the latent
+        weight; their step gradient, code·dL/dx̂, is scaled by LSQ's g like every other element's (Nagel's
+        code multiplies the frozen integer by the gradient-scaled step)."""
+        s = step.clamp_min(STEP_EPS)
+        scaled_step = s.detach() + (s - s.detach()) * grad_scale  # value s, gradient g·(dL/ds)
+        return torch.where(self.mask, scaled_step * self.codes, w_hat)
 
     def codes_with_frozen(self, codes: torch.Tensor) -> torch.Tensor:
         return torch.where(self.mask, self.codes, codes)
@@ -121,10 +127,13 @@ class FreezeHook(TrainingHook):
             return
         for _, layer in low_bit_layers(state.model):
             wq = layer.weight_quant
-            if wq.tracker is None or wq.tracker.frequency is None:
+            tracker = wq.tracker
+            if tracker is None or tracker.frequency is None:
                 continue
-            codes = torch.clamp(torch.round(wq.tracker.int_ema), wq.qmin, wq.qmax)
-            wq.frozen.freeze(wq.tracker.frequency > threshold, codes)
+            if not tracker.code_ema_started:  # freezing switches on now: the code EMA starts here
+                tracker.start_code_ema()
+            codes = torch.clamp(torch.round(tracker.code_ema()), wq.qmin, wq.qmax)
+            wq.frozen.freeze(tracker.bias_corrected_frequency() > threshold, codes)
 
     def epoch_metrics(self, state: TrainState) -> dict:
         masks = [layer.weight_quant.frozen.mask for _, layer in low_bit_layers(state.model)

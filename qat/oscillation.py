@@ -3,7 +3,12 @@
 Per weight, on its integer code after each TRAINING forward:
     d = w_int(t) − w_int(t−1);  o(t) = 1 when d ≠ 0 and sign(d) is opposite to the last non-zero d
     freq ← m·o + (1−m)·freq;    count += o
-It also keeps the EMA of w_int itself (same momentum), which freezing (§5) rounds to the frozen code.
+Decisions and statistics read the bias-corrected frequency freq / (1 − (1−m)^n), n = updates so far: an
+EMA started at 0 would need ≥ 1/m iterations to mean "oscillations per iteration", so at a proxy's few hundred
+iterations a weight oscillating once per 100 iterations could never pass Nagel's 0.01 threshold; corrected,
+it passes it at every budget (and the correction vanishes at the paper's budgets). docs/DEVIATIONS.md.
+It also keeps the EMA of w_int itself (same momentum), which freezing (§5) rounds to the frozen code; that
+EMA restarts when freezing switches on (`start_code_ema`) and is read bias-corrected too (`code_ema`).
 """
 from __future__ import annotations
 
@@ -20,6 +25,31 @@ class OscillationTracker:
         self.frequency: torch.Tensor | None = None
         self.count: torch.Tensor | None = None
         self.int_ema: torch.Tensor | None = None
+        self.updates = 0                 # n: frequency updates so far (host-side count, no sync)
+        self.code_ema_from: int | None = None  # n when the code EMA (re)started; None = not yet
+
+    @property
+    def code_ema_started(self) -> bool:
+        return self.code_ema_from is not None
+
+    def bias_corrected_frequency(self) -> torch.Tensor:
+        """freq / (1 − (1−m)^n): the EMA of o(t) as if it had been running forever (SPEC §4)."""
+        if self.updates == 0:
+            return self.frequency
+        return self.frequency / (1.0 - (1.0 - self.momentum) ** self.updates)
+
+    @torch.no_grad()
+    def start_code_ema(self) -> None:
+        """Restart the EMA of w_int from here (freeze onset, SPEC §5): earlier codes no longer count."""
+        self.int_ema.zero_()
+        self.code_ema_from = self.updates
+
+    def code_ema(self) -> torch.Tensor:
+        """Bias-corrected EMA of w_int since `start_code_ema` (the current codes before its first update)."""
+        n = self.updates - self.code_ema_from
+        if n == 0:
+            return self.previous
+        return self.int_ema / (1.0 - (1.0 - self.momentum) ** n)
 
     @torch.no_grad()
     def update(self, w_int: torch.Tensor) -> None:
@@ -41,6 +71,7 @@ class OscillationTracker:
         self.last_direction = torch.where(direction != 0, direction, self.last_direction)
         self.int_ema.mul_(1 - m).add_(w_int.float(), alpha=m)
         self.previous.copy_(w_int)
+        self.updates += 1
 
     @torch.no_grad()
     def update_fused(self, weight: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, frozen=None) -> bool:
@@ -51,13 +82,17 @@ class OscillationTracker:
             return False
         from . import kernels
         extra = () if frozen is None else (frozen.mask, frozen.codes)
-        return kernels.oscillation_update_(weight.detach(), step, qmin, qmax, self.momentum, self.previous,
+        done = kernels.oscillation_update_(weight.detach(), step, qmin, qmax, self.momentum, self.previous,
                                            self.last_direction, self.frequency, self.count, self.int_ema, *extra)
+        if done:
+            self.updates += 1
+        return done
 
     def state_dict(self) -> dict:
         # Checkpoints hold the integer-valued state in the narrowest exact dtype: 21 bytes a weight become 14
         # (a QAT checkpoint of YOLOv8-m carried 5 times the model's size in tracker state).
-        state = {k: getattr(self, k) for k in ("momentum", "last_direction", "frequency", "int_ema")}
+        state = {k: getattr(self, k) for k in ("momentum", "last_direction", "frequency", "int_ema", "updates",
+                                               "code_ema_from")}
         state["previous"] = stored_codes(self.previous)
         state["count"] = None if self.count is None else self.count.to(torch.int32)
         return state
@@ -70,8 +105,11 @@ class OscillationTracker:
             self.count = self.count.to(torch.int64)
 
     def fraction_oscillating(self, threshold: float = 0.005) -> float:
-        """Share of weights whose oscillation frequency exceeds `threshold` (a host sync: logging only)."""
-        return 0.0 if self.frequency is None else float((self.frequency > threshold).float().mean())
+        """Share of weights whose bias-corrected oscillation frequency exceeds `threshold` (a host sync:
+        logging only)."""
+        if self.frequency is None:
+            return 0.0
+        return float((self.bias_corrected_frequency() > threshold).float().mean())
 
 
 def stored_codes(codes: torch.Tensor | None) -> torch.Tensor | None:

@@ -90,11 +90,10 @@ class WeightQuantizer(Quantizer):
             return weight
         if self.afw is not None:
             return self.afw(weight, self)
-        w_hat = lsq_fake_quant(weight, self.step, self.qmin, self.qmax,
-                               lsq_grad_scale(self.elements_per_step, self.qmax),
-                               self.pulse_delta, self.dist_k)
+        grad_scale = lsq_grad_scale(self.elements_per_step, self.qmax)
+        w_hat = lsq_fake_quant(weight, self.step, self.qmin, self.qmax, grad_scale, self.pulse_delta, self.dist_k)
         if self.frozen is not None:
-            w_hat = self.frozen.apply(w_hat, self.step)
+            w_hat = self.frozen.apply(w_hat, self.step, grad_scale)
         if self.tracker is not None and self.training and \
                 not self.tracker.update_fused(weight, self.step, self.qmin, self.qmax, self.frozen):
             codes = self.codes(weight)

@@ -259,6 +259,7 @@ def test_quantizer_forward_tracks_the_same_with_and_without_the_fused_kernel(mon
     for name in ("previous", "last_direction", "count"):
         assert torch.equal(getattr(fused, name), getattr(eager, name)), name
     torch.testing.assert_close(fused.frequency, eager.frequency, rtol=1e-6, atol=1e-7)
+    assert fused.updates == eager.updates == 9  # the bias correction's n counts fused updates too
 
 
 def test_quant_conv_recomputes_its_input_and_gives_the_plain_gradients():

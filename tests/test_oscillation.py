@@ -35,6 +35,30 @@ def test_int_ema_tracks_codes():
     assert t.int_ema.item() == pytest.approx(m * 4.0)
 
 
+def test_bias_corrected_frequency_means_the_same_at_every_budget():
+    """SPEC §4: a weight oscillating every 50 iterations (rate 0.02) is above the 3-bit freeze threshold 0.011
+    after 400 iterations once corrected by 1 − (1−m)^n; the plain EMA started at 0 (0.007) is not."""
+    m = 0.001
+    codes = [[float((t // 50) % 2)] for t in range(401)]
+    t = run(codes, momentum=m)
+    assert t.updates == 400 and int(t.count) == 7
+    corrected = float(t.bias_corrected_frequency())
+    assert corrected == pytest.approx(float(t.frequency) / (1 - (1 - m) ** 400))
+    assert float(t.frequency) < 0.011 < corrected < 0.03
+    assert t.fraction_oscillating(0.011) == 1.0
+
+
+def test_code_ema_restarts_and_is_bias_corrected():
+    m = 0.5
+    t = run([[-3.0], [-3.0], [-3.0]], momentum=m)
+    t.start_code_ema()
+    assert float(t.code_ema()) == -3.0  # no update since the start: the current code
+    for c in (2.0, 2.0, 3.0):
+        t.update(torch.tensor([c]))
+    ema = ((0.5 * 2) * 0.5 + 0.5 * 2) * 0.5 + 0.5 * 3  # 2.25, from 0
+    assert float(t.code_ema()) == pytest.approx(ema / (1 - 0.5 ** 3))
+
+
 def test_shape_change_is_an_error():
     t = run([[0, 0]])
     with pytest.raises(ValueError):
@@ -77,6 +101,7 @@ def test_checkpointed_tracker_continues_exactly_and_stores_narrow_integers(tmp_p
     for name in ("previous", "last_direction", "frequency", "count", "int_ema"):
         assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
         assert getattr(resumed, name).dtype == getattr(straight, name).dtype, name
+    assert resumed.updates == straight.updates == 5
 
     frozen = FrozenCodes(torch.zeros(4))
     frozen.freeze(torch.tensor([True, False, True, False]), torch.tensor([-300.0, 0.0, 7.0, 0.0]))
