@@ -3,6 +3,9 @@
 Phases share prefixes so that runs branch from checkpoints instead of retraining:
   lsq                         LSQ for the whole QAT schedule
   scalegrad                   ScaleGrad for the whole schedule
+  pulsesmooth, distance       ScaleGrad's two parts alone (PulseSmooth step gradient; exp(-kΔ) weight gradient)
+  lsq-lr-matched              LSQ with weight gradients scaled by the distance factor's mean (the control that
+                              tells a ScaleGrad effect from a learning-rate effect)
   scalegrad+ead               = scalegrad up to τ (branched from its τ checkpoint), then EAD
   scalegrad+ead+afw ("ours")  = scalegrad up to τ, then EAD with oscillating weights frozen, then AFW
   scalegrad+ead+adaround      = the trained scalegrad+ead model, then AdaRound (Table V)
@@ -21,24 +24,37 @@ from .hooks import TrainingHook
 class Recipe:
     name: str
     per_channel: bool = False
-    scalegrad: bool = False
+    pulse_smooth: bool = False           # ScaleGrad's PulseSmooth step-size gradient (SPEC §2)
+    distance_aware: bool = False         # ScaleGrad's exp(-kΔ) weight gradient (SPEC §2)
     hooks: tuple[str, ...] = ()          # training hooks beyond oscillation tracking, see make_hooks
     post: tuple[str, ...] = ()           # post-training steps, see make_post_steps
     # Prefix sharing: (recipe, "tau" | "end") — start from that recipe's checkpoint at τ / at the end.
     branch_from: tuple[str, str] | None = None
     description: str = ""
 
+    def gradient_mode(self, cfg: "MethodConfig") -> tuple[float | None, float | None]:
+        """(pulse_delta, dist_k) for `qat.modules.set_gradient_mode`: None where the recipe leaves LSQ's."""
+        return (cfg.pulse_delta if self.pulse_smooth else None), (cfg.dist_k if self.distance_aware else None)
+
 
 RECIPES = {r.name: r for r in [
     Recipe("lsq", description="LSQ, per-tensor (Esser et al. 2020)"),
-    Recipe("scalegrad", scalegrad=True, description="ScaleGrad: PulseSmooth step gradient + exp(-kΔ) weight gradient"),
-    Recipe("scalegrad+ead", scalegrad=True, hooks=("ead",), branch_from=("scalegrad", "tau"),
+    Recipe("scalegrad", pulse_smooth=True, distance_aware=True,
+           description="ScaleGrad: PulseSmooth step gradient + exp(-kΔ) weight gradient"),
+    Recipe("scalegrad+ead", pulse_smooth=True, distance_aware=True, hooks=("ead",),
+           branch_from=("scalegrad", "tau"),
            description="ScaleGrad, then EAD for t > τ"),
-    Recipe("scalegrad+ead+afw", scalegrad=True, hooks=("ead", "freeze_after_tau"), post=("afw",),
+    Recipe("scalegrad+ead+afw", pulse_smooth=True, distance_aware=True, hooks=("ead", "freeze_after_tau"),
+           post=("afw",),
            branch_from=("scalegrad", "tau"),
            description="Ours: ScaleGrad, EAD with oscillating weights frozen for t > τ, then AFW"),
-    Recipe("scalegrad+ead+adaround", scalegrad=True, post=("adaround",), branch_from=("scalegrad+ead", "end"),
+    Recipe("scalegrad+ead+adaround", pulse_smooth=True, distance_aware=True, post=("adaround",),
+           branch_from=("scalegrad+ead", "end"),
            description="ScaleGrad+EAD, then AdaRound instead of AFW (Table V)"),
+    Recipe("pulsesmooth", pulse_smooth=True, description="ScaleGrad's PulseSmooth step gradient alone"),
+    Recipe("distance", distance_aware=True, description="ScaleGrad's distance-aware weight gradient alone"),
+    Recipe("lsq-lr-matched", hooks=("lr_matched",),
+           description="LSQ with weight gradients × E[exp(-kΔ)] (ScaleGrad's mean weight-lr cut; control)"),
     Recipe("perchannel", per_channel=True, description="LSQ with per-output-channel weight steps"),
     Recipe("damp", hooks=("damp",), description="Oscillation dampening (Nagel et al. 2022)"),
     Recipe("freeze", hooks=("freeze",), description="Iterative weight freezing (Nagel et al. 2022)"),
@@ -91,6 +107,9 @@ def make_hooks(recipe: Recipe, bits: int, tau: int, cfg: MethodConfig) -> list[T
             hooks.append(FreezeHook(bits, cfg.osc_momentum))
         elif name == "freeze_after_tau":
             hooks.append(FreezeHook(bits, cfg.osc_momentum, active_from=tau))
+        elif name == "lr_matched":
+            hooks.append(_load("qat.baselines.lr_matched", "WeightGradScaleHook")(
+                _load("qat.baselines.lr_matched", "mean_distance_factor")(cfg.dist_k)))
         elif name == "damp":
             hooks.append(_load("qat.baselines.damp", "DampeningHook")(final_weight=cfg.damp_weight))
         elif name == "ema":

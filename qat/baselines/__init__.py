@@ -5,6 +5,7 @@
     redyolo.QuantizationCorrectionStep   RedYolo's QC, a post-training step
     adaround.AdaRoundStep           AdaRound (Nagel et al. 2020, AIMET defaults), a post-training step
     step_only.StepOnlyStep          Table I "Freeze weight": latent weights frozen, only steps trained
+    lr_matched.WeightGradScaleHook  the lr-matched LSQ control of ScaleGrad's distance factor, a training hook
 
 Freeze (Nagel et al. 2022 iterative freezing) lives in `qat.freeze` because AFW shares it.
 Modules are imported lazily by `qat.recipes`; importing this package imports nothing heavy.

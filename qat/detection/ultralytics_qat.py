@@ -260,7 +260,7 @@ class QATDetectionTrainer(DetectionTrainer):
             if left:
                 raise RuntimeError(f"BN folding missed {len(left)} BatchNorm layers of the detector: {left[:5]}")
             m = run.methods
-            set_gradient_mode(model, m.pulse_delta if recipe.scalegrad else None, m.dist_k if recipe.scalegrad else None)
+            set_gradient_mode(model, *recipe.gradient_mode(m))
             return
         if not run.fp_checkpoint:  # (a resumed or branched run brings its weights in the checkpoint)
             LOGGER.warning("QAT without fp_checkpoint: quantizing a randomly initialised detector")
@@ -274,10 +274,9 @@ class QATDetectionTrainer(DetectionTrainer):
             raise RuntimeError(f"BN folding missed {len(left)} BatchNorm layers of the detector: {left[:5]}")
         if run.eval_fp:
             self.report["fp_map_prologue"] = self.evaluate(model)["metric"]
-        m = run.methods
+        pulse_delta, dist_k = recipe.gradient_mode(run.methods)
         self.report["quantize"] = quantize_prologue(
-            model, run.bits, calib, run.prologue, per_channel=recipe.per_channel,
-            pulse_delta=m.pulse_delta if recipe.scalegrad else None, dist_k=m.dist_k if recipe.scalegrad else None,
+            model, run.bits, calib, run.prologue, per_channel=recipe.per_channel, pulse_delta=pulse_delta, dist_k=dist_k,
             exclude=dfl_convs(model), high_precision=high_precision_layers(model))
         if run.eval_fp:
             self.report["init_map"] = self.evaluate(model)["metric"]

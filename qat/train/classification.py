@@ -235,7 +235,7 @@ class Trainer:
         calib = self.calib_inputs()
         opts = self.prologue_options()
         m = c.methods
-        pulse_delta, dist_k = (m.pulse_delta, m.dist_k) if recipe.scalegrad else (None, None)
+        pulse_delta, dist_k = recipe.gradient_mode(m)
         high_precision = self.high_precision_layers(model)
         if not init:
             build_structure(model, c.bits, calib[0], opts, per_channel=recipe.per_channel,
