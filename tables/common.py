@@ -98,6 +98,35 @@ def seed_values(runs: dict, table: str, model: str, recipe: str, bits: int, key:
             if name.startswith(prefix) and r.finished and r.summary.get(key) is not None]
 
 
+def seed_map(runs: dict, table: str, model: str, recipe: str, bits: int, key: str) -> dict[int, float]:
+    """seed → value of `key` of the finished runs of one cell (what paired differences pair on)."""
+    prefix = f"{table}/{model}/{recipe}/w{bits}a{bits}/s"
+    return {int(name[len(prefix):]): float(r.summary[key]) for name, r in runs.items()
+            if name.startswith(prefix) and name[len(prefix):].isdigit() and r.finished
+            and r.summary.get(key) is not None}
+
+
+def claim_notes(runs: dict, table: str, model: str, label: str, key: str, bits: int,
+                pairs: list[tuple[str, str, str, str]]) -> list[str]:
+    """One note per (baseline, method) pair: method − baseline over paired seeds with its 95 % interval, the
+    paper's difference where it reports both, and the verdict against the paper's direction (tables/paired.py;
+    without paper numbers the claim is that the method is better). Pairs: (baseline, method, labels)."""
+    from paired import paired_difference
+    notes = []
+    for base, method, base_label, method_label in pairs:
+        diff = paired_difference(seed_map(runs, table, model, base, bits, key),
+                                 seed_map(runs, table, model, method, bits, key))
+        if diff is None:
+            continue
+        paper_base, paper_method = paper_value(table, model, base, bits), paper_value(table, model, method, bits)
+        paper = None if paper_base is None or paper_method is None else paper_method - paper_base
+        sign = -1 if paper is not None and paper < 0 else 1
+        notes.append(f"{label} W{bits}A{bits}, {method_label} − {base_label}: {diff.describe()}"
+                     + (f"; paper {paper:+.1f}" if paper is not None else "; paper: method better")
+                     + f" → {diff.verdict(sign)}")
+    return notes
+
+
 def fmt(values: list[float]) -> str:
     if not values:
         return MISSING

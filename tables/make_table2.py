@@ -1,6 +1,7 @@
 """Table II: our method against QAT baselines (LSQ, PerChannel, Damp, RedYolo; plus Nagel's iterative Freeze,
 which the paper does not report) on four detectors and four classifiers, W4A4 and W3A3."""
-from common import OURS_NOTE, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values, write_outputs
+from common import (OURS_NOTE, claim_notes, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values,
+                    write_outputs)
 
 TABLE = "table2"
 BITS = [4, 3]
@@ -11,6 +12,8 @@ MODELS = [("OD", "yolox_tiny", "YOLOX-T", "map"), ("OD", "yolov8n", "YOLOv8-n", 
 METHODS = [("lsq", "LSQ"), ("perchannel", "PerChannel"), ("damp", "Damp"), ("redyolo", "RedYolo"),
            ("scalegrad+ead+afw", "Ours"), ("freeze", "Freeze*")]
 RECIPES = [recipe for recipe, _ in METHODS]
+CLAIMS = [(recipe, "scalegrad+ead+afw", label, "Ours") for recipe, label in METHODS
+          if recipe != "scalegrad+ead+afw"]
 
 
 def main(argv=None):
@@ -38,6 +41,11 @@ def main(argv=None):
     if args.with_paper:
         notes.append("Rows with Source 'paper': the paper's Table II (ImageNet-1k top-1 / COCO mAP; "
                      "tables/paper_results.yaml); empty where the paper has no number.")
+    notes.append("Paired differences over seeds (Ours − baseline), mean [95 % interval], and the verdict against the "
+                 "paper's direction (tables/paired.py):")
+    for _, model, label, key in MODELS:
+        for b in BITS:
+            notes += claim_notes(runs, TABLE, model, label, key, b, CLAIMS)
     notes += reuse_notes(runs, TABLE)
     write_outputs(TABLE, header, rows, args.out, "Table II — comparison with QAT baselines", notes)
 
