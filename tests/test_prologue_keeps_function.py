@@ -1,4 +1,4 @@
-"""CLE keeps the FP function up to rounding, or fails with an error naming the layer pair
+"""BN folding and CLE keep the FP function up to rounding, or fail with an error naming the layer pair
 (qat/prepare/function_check.py; issue 18 item 8)."""
 from __future__ import annotations
 
@@ -108,6 +108,36 @@ def test_a_pair_that_changes_the_output_is_an_error_naming_it(monkeypatch):
     assert type(model.stem_act) is nn.ReLU6
     for (name, p_new), p_old in zip(model.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(p_new, p_old), name
+
+
+class SharedConvOutput(nn.Module):
+    """conv → BN, and the conv's output read again by a residual addition: folding BN would change it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc((self.bn(y) + y).mean((2, 3)))
+
+
+def test_bn_folding_that_changes_the_output_is_an_error_naming_the_pair():
+    torch.manual_seed(3)
+    model = SharedConvOutput().double()
+    with torch.no_grad():
+        model.bn.running_mean.normal_()
+        model.bn.running_var.uniform_(0.5, 2)
+        model.bn.weight.uniform_(0.5, 1.5)
+    model.eval()
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+
+    with pytest.raises(PrologueError, match="folding bn into conv"):
+        fold_batchnorm(model, x)
+
+    assert isinstance(model.bn, nn.BatchNorm2d)         # left as it came
+    assert rel_error(flat_output(model(x)), flat_output(ref(x))) == 0
 
 
 def test_cli_reports_a_prologue_error_as_one_error_line(monkeypatch, capsys, tmp_path):
