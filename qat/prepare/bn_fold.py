@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..modules import set_submodule
+from .function_check import PrologueError, flat_output, rel_error, rounding_tol
 
 
 def _bn_replacement(bn: nn.Module) -> nn.Module:
@@ -66,14 +67,56 @@ def fold_conv_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module, example_input: torch.Tensor) -> int:
+def fold_batchnorm(model: nn.Module, example_input: torch.Tensor, *, check_tol: float | None = None) -> int:
     """Fold every foldable BatchNorm of `model` in place; return how many were folded.
 
-    BatchNorms that no conv feeds directly (e.g. pre-activation designs) are left in place.
+    BatchNorms that no conv feeds directly (e.g. pre-activation designs) are left in place. Folding must keep the
+    output on `example_input` (eval mode) up to rounding (`check_tol`, default `rounding_tol` of the model's
+    dtype); otherwise the model is left as it came and `PrologueError` names the conv/BN pair that alone changes
+    it most (a conv output that something besides its BN also reads cannot be folded).
     """
-    modules = dict(model.named_modules())
-    pairs = find_conv_bn_pairs(model, example_input)
-    for conv_name, bn_name in pairs:
-        fold_conv_bn(modules[conv_name], modules[bn_name])
-        set_submodule(model, bn_name, _bn_replacement(modules[bn_name]))
+    was_training = model.training
+    model.eval()
+    try:
+        modules = dict(model.named_modules())
+        pairs = find_conv_bn_pairs(model, example_input)
+        y_ref = flat_output(model(example_input))
+        convs = {c: (modules[c].weight.detach().clone(),
+                     None if modules[c].bias is None else modules[c].bias.detach().clone()) for c, _ in pairs}
+
+        def fold(some):
+            for conv_name, bn_name in some:
+                fold_conv_bn(modules[conv_name], modules[bn_name])
+                set_submodule(model, bn_name, _bn_replacement(modules[bn_name]))
+
+        def unfold(some):
+            for conv_name, bn_name in some:
+                weight, bias = convs[conv_name]
+                modules[conv_name].weight.copy_(weight)
+                if bias is None:
+                    modules[conv_name].bias = None
+                else:
+                    modules[conv_name].bias.copy_(bias)
+                set_submodule(model, bn_name, modules[bn_name])
+
+        def change() -> float:
+            return rel_error(flat_output(model(example_input)), y_ref)
+
+        fold(pairs)
+        err = change()
+        tol = rounding_tol(next(model.parameters()).dtype) if check_tol is None else check_tol
+        if err > tol:
+            unfold(pairs)
+            alone = []
+            for pair in pairs:
+                fold([pair])
+                alone.append((change(), pair))
+                unfold([pair])
+            e, (conv_name, bn_name) = max(alone)
+            raise PrologueError(
+                f"BN folding changed the FP output by {err:.2e} (relative to max|output|; rounding allows {tol:.1e}): "
+                f"folding {bn_name} into {conv_name} alone changes it by {e:.2e} — the output of {conv_name} is "
+                f"probably read by something besides {bn_name}")
+    finally:
+        model.train(was_training)
     return len(pairs)

@@ -16,19 +16,25 @@ the very tensor they got; the walk then looks at the consumers called after the 
 
 Module hooks cannot see consumers that are not modules (`x + branch(x)` inside a block's forward,
 `torch.cat`, a tensor returned as a model output). Each candidate is therefore **verified by
-outcome**: on a float64 copy of the model and the first two samples of the example batch (so that the
-check is far from rounding noise and cheap), the ReLU6s of all candidates are replaced by ReLU, one
-reference output is computed, and then, candidate by candidate, a random positive per-channel scaling
-(log-uniform in [1/4, 4]) is applied to the pair, the output is compared with the reference, and the
-weights are restored. A relative change (max-abs, relative to max|y|) above `tol` (1e-5 in float64)
-means the middle tensor is used elsewhere: the pair is rejected ("reverted") and its ReLU6s are put
-back. A random probe (rather than the data-driven CLE scale, which may be close to 1 on some channels)
-tests the structural invariance itself, so every CLE scale applied later is safe. After equalization
-the float32 model is compared once more with its ReLU-replaced self (`rel_error_vs_relu`).
-Probing in float32 (`probe_dtype=None`) needs `tol` ≈ 1e-3: the rounding noise of the proxy
-MobileNetV2 reaches ~3e-5 and rejected a valid pair at 1e-5. A branch that outputs exact zeros (timm's
-zero-initialised last BN of a residual block, before training) is invisible to the probe, but its
-ranges are 0, so CLE leaves it unscaled (s = 1) and no bias is absorbed from it.
+outcome** on a `probe_dtype` copy of the model (default float64; the training pipeline probes in float32) and
+the first two samples of the example batch: the ReLU6s of all candidates become ChannelClips at level 6
+(the same function), one reference pass records the output and the input of every leaf-module call, and
+then, candidate by candidate, a random per-channel scaling by powers of two (2^k, k ∈ {−2, −1, 1, 2}) is
+applied to the pair (its clips follow), every recorded input except those inside the pair (the acts' and
+conv2's) and the output are compared with the reference, and the weights are restored. Scaling by powers of
+two is exact in floating point, so a valid pair leaves all of them bit-identical in any dtype; a change above
+`tol` (`function_check.rounding_tol`) means the middle tensor is used elsewhere (≥ 1 on the proxy models): the
+pair is rejected ("reverted") and its ReLU6s are put back. Comparing every module input, not the output alone,
+matters: on the smoke MobileNetV2 (tests/fixtures/cle-smoke-mobilenetv2-fp.pt) the ReLU6 after conv_head
+saturated (every value ≤ 0 or ≥ 6) once the probe had made the chains' ReLU6s ReLUs, so the output did not move when
+`blocks.1.0.conv_pwl → blocks.1.1.conv_pw` (whose middle tensor also feeds block 1.1's residual addition) was
+rescaled; the pair was kept and CLE changed the output by 100% (top-1 66.80 → 12.50). A random probe (rather
+than the data-driven CLE scale, which may be close to 1 on some channels) tests the structural invariance
+itself. After equalization the model is compared once more with its ReLU6-replaced self
+(`rel_error_vs_relu`, rounding only); above `rounding_tol` `equalize` raises `PrologueError` naming the pair
+whose CLE scale alone changes the output most. A branch that outputs exact zeros (timm's zero-initialised last
+BN of a residual block, before training) is invisible to the probe, but its ranges are 0, so CLE leaves it
+unscaled (s = 1) and no bias is absorbed from it.
 
 ReLU6 in a chain
 ----------------
@@ -84,6 +90,7 @@ from torch import nn
 from ..modules import QUANT_LAYERS, set_submodule
 from .bn_fold import find_conv_bn_pairs
 from .channel_clip import ChannelClip
+from .function_check import PrologueError, flat_output, rel_error, rounding_tol, tensors
 
 # Positive-homogeneous activations (ReLU6 once replaced by ReLU, or by a ChannelClip whose clip level
 # CLE rescales with the channel): f(s·x) = s·f(x) for s > 0.
@@ -105,27 +112,6 @@ class CLEPair:
 
 def _is_layer(m: nn.Module) -> bool:
     return isinstance(m, (nn.Conv2d, nn.Linear)) and not isinstance(m, QUANT_LAYERS)
-
-
-def _tensors(obj) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
-    return []
-
-
-def _flat_output(out) -> torch.Tensor:
-    ts = [t.detach().reshape(-1).to(torch.float64) for t in _tensors(out) if t.is_floating_point()]
-    if not ts:
-        raise ValueError("CLE: the model output contains no floating-point tensor to compare")
-    return torch.cat(ts)
-
-
-def _rel_error(y: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
 
 
 def _as_pair(p) -> CLEPair:
@@ -188,17 +174,19 @@ def _ensure_bias(layer: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------------
 # chain discovery
 
+def _leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose calls the chain analysis sees: layers and modules without children."""
+    return [(name, m) for name, m in model.named_modules() if _is_layer(m) or next(m.children(), None) is None]
+
+
 @torch.no_grad()
 def candidate_pairs(model: nn.Module, example_input: torch.Tensor) -> list[CLEPair]:
     """conv→(homogeneous acts)→conv candidates seen by module hooks, in execution order (unverified)."""
     calls: list[tuple[str, nn.Module, list[torch.Tensor], list[torch.Tensor]]] = []
-    hooks = []
-    for name, m in model.named_modules():
-        if _is_layer(m) or next(m.children(), None) is None:
-            hooks.append(m.register_forward_hook(
-                lambda mod, args, kwargs, out, name=name: calls.append(
-                    (name, mod, _tensors(args) + _tensors(kwargs), _tensors(out))),
-                with_kwargs=True))
+    hooks = [m.register_forward_hook(
+        lambda mod, args, kwargs, out, name=name: calls.append(
+            (name, mod, tensors(args) + tensors(kwargs), tensors(out))),
+        with_kwargs=True) for name, m in _leaf_modules(model)]
     was_training = model.training
     model.eval()
     try:
@@ -254,22 +242,94 @@ def _replace_relu6(model: nn.Module, modules: dict[str, nn.Module], names: Itera
     return swapped
 
 
+def _as_relu6_clip(modules: dict[str, nn.Module], conv1: str):
+    """A ChannelClip at level 6 over conv1's output channels: the ReLU6's own function, rescalable."""
+    return lambda relu6, name: ChannelClip.like_relu6(modules[conv1].weight.shape[0], modules[conv1].weight)
+
+
+@torch.no_grad()
+def _rescale_pair(modules: dict[str, nn.Module], p: CLEPair, s: torch.Tensor) -> None:
+    """Divide conv1's output channels by s, multiply conv2's input channels by s; clips in between follow."""
+    _scale_out(modules[p.conv1], s)
+    _scale_in(modules[p.conv2], s)
+    for a in p.acts:                      # relu6(x) / s = min(relu(x / s), 6 / s)
+        if isinstance(modules[a], ChannelClip):
+            modules[a].upper.div_(s.to(modules[a].upper))
+
+
+class _InputTrace:
+    """The inputs of every leaf-module call of one forward pass on `x`, and the output, kept as a reference that
+    later passes are compared with.
+
+    Module inputs show what the output alone may hide: a rescaled tensor that also reaches a residual addition
+    changes the next module's input by O(1) even when a saturated activation further on (a ReLU6 whose inputs
+    all lie below 0 or above 6) leaves the output unchanged — which let such a pair through on the smoke
+    MobileNetV2 (tests/fixtures/cle-smoke-mobilenetv2-fp.pt).
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor):
+        self.model, self.x = model, x
+        self.calls: list[tuple[str, list[torch.Tensor]]] = []
+        self.output = self._run(lambda i, name, ins: self.calls.append((name, [t.clone() for t in ins])))
+
+    def _run(self, on_call) -> torch.Tensor:
+        count = [0]
+
+        def pre_hook(mod, args, kwargs, name):   # before the call: in-place modules have not changed it yet
+            on_call(count[0], name, [t.detach() for t in tensors(args) + tensors(kwargs) if t.is_floating_point()])
+            count[0] += 1
+
+        hooks = [m.register_forward_pre_hook(lambda mod, a, kw, name=name: pre_hook(mod, a, kw, name), with_kwargs=True)
+                 for name, m in _leaf_modules(self.model)]   # the model's modules now: swaps are undone
+        try:
+            y = flat_output(self.model(self.x))
+        finally:
+            for h in hooks:
+                h.remove()
+        self.n_run = count[0]
+        return y
+
+    def index(self, name: str) -> list[int]:
+        """The call indices of module `name`."""
+        return [i for i, (n, _) in enumerate(self.calls) if n == name]
+
+    def change(self, skip: set[int]) -> tuple[float, str]:
+        """The largest relative change, against the reference, of a module input (calls in `skip` excepted) or
+        of the output, and where it is."""
+        worst: list = [0.0, "the output"]
+
+        def compare(i, name, ins):
+            if i in skip:
+                return
+            if i >= len(self.calls) or self.calls[i][0] != name or len(ins) != len(self.calls[i][1]):
+                err = math.inf                  # another sequence of calls: the model is not the same function
+            else:
+                err = max((rel_error(t, r) for t, r in zip(ins, self.calls[i][1])), default=0.0)
+            if err > worst[0]:
+                worst[:] = [err, f"the input of {name}"]
+
+        y = self._run(compare)
+        err = rel_error(y, self.output) if self.n_run == len(self.calls) else math.inf
+        if err > worst[0]:
+            worst[:] = [err, "the output"]
+        return worst[0], worst[1]
+
+
 @torch.no_grad()
 def find_cle_pairs(model: nn.Module, example_input: torch.Tensor, *, tol: float | None = None,
                    probe_dtype: torch.dtype | None = torch.float64, probe_samples: int | None = 2,
                    seed: int = 0) -> dict:
     """Candidates verified by outcome (see the module docstring). `model` is left unchanged.
 
-    Returns {"kept": [CLEPair], "reverted": [(CLEPair, rel_error)], "candidates": int}.
-    The probe runs on a `probe_dtype` copy (None: on the model itself, in its dtype, weights restored
-    exactly afterwards) with the first `probe_samples` samples of `example_input` (None: all).
-    `tol` defaults to 1e-5 in float64 and to 1e-3 otherwise: in float32 the rounding noise of a
-    50-layer network reaches ~3e-5 and would reject valid pairs (observed on the proxy MobileNetV2),
-    while a skipped residual branch changes the output by ~0.2–0.4 there.
+    Returns {"kept": [CLEPair], "reverted": [(CLEPair, rel_error)], "where": {(conv1, conv2): str},
+    "candidates": int}. The probe runs on a `probe_dtype` copy (None: on the model itself, in its dtype, weights
+    restored exactly afterwards) with the first `probe_samples` samples of `example_input` (None: all).
+    `tol` defaults to `rounding_tol` of the probe's dtype (1.2e-3 in float32, 2.2e-12 in float64): the
+    power-of-two scaling leaves the inputs and the output of a valid pair unchanged (0 on every proxy model),
+    a pair whose middle tensor is also used elsewhere changes them by ≥ 1 (proxy models, smoke MobileNetV2).
 
-    All candidates' ReLU6s are replaced by ReLU before one reference pass (a valid pair's scaling
-    never reaches another activation, so this is the same test as replacing them pair by pair, at
-    one forward pass per candidate); the ReLU6s of rejected pairs are put back afterwards.
+    Each candidate's ReLU6s become ChannelClips at level 6 (the same function) which the probe rescales with
+    the pair, as equalization will; the ReLU6s of rejected pairs are put back afterwards.
     """
     was_training = model.training
     model.eval()
@@ -287,27 +347,31 @@ def find_cle_pairs(model: nn.Module, example_input: torch.Tensor, *, tol: float 
     elif probe_dtype is not None:
         probe = copy.deepcopy(model)      # already in probe_dtype: a copy keeps the model untouched
     if tol is None:
-        tol = 1e-5 if next(probe.parameters()).dtype == torch.float64 else 1e-3
+        tol = rounding_tol(next(probe.parameters()).dtype)
     swapped: dict[int, list[tuple[str, nn.Module]]] = {}
     try:
         candidates = candidate_pairs(probe, x)
         modules = dict(probe.named_modules())
         for k, p in enumerate(candidates):
-            swapped[k] = _replace_relu6(probe, modules, p.acts)
+            swapped[k] = _replace_relu6(probe, modules, p.acts, _as_relu6_clip(modules, p.conv1))
+        modules = dict(probe.named_modules())
+        trace = _InputTrace(probe, x)
         gen = torch.Generator().manual_seed(seed)
-        y_ref = _flat_output(probe(x))
-        kept, reverted = [], []
+        kept, reverted, where = [], [], {}
         for k, p in enumerate(candidates):
-            l1, l2 = modules[p.conv1], modules[p.conv2]
-            params = [t for t in (l1.weight, l1.bias, l2.weight) if t is not None]
-            saved = [t.detach().clone() for t in params]
-            s = torch.exp((torch.rand(l1.weight.shape[0], generator=gen, dtype=torch.float64) * 2 - 1) * math.log(4))
+            i1, (i2,) = trace.index(p.conv1)[0], trace.index(p.conv2)
+            inside = {i for a in p.acts for i in trace.index(a) if i1 < i < i2} | {i2}   # rescaled by design
+            tensors_of_pair = [modules[p.conv1].weight, modules[p.conv1].bias, modules[p.conv2].weight] + [
+                modules[a].upper for a in p.acts if isinstance(modules[a], ChannelClip)]
+            saved = [(t, t.detach().clone()) for t in tensors_of_pair if t is not None]
+            exponent = torch.tensor([-2.0, -1.0, 1.0, 2.0], dtype=torch.float64)[
+                torch.randint(4, (modules[p.conv1].weight.shape[0],), generator=gen)]
+            s = 2.0 ** exponent
             try:
-                _scale_out(l1, s)
-                _scale_in(l2, s)
-                err = _rel_error(_flat_output(probe(x)), y_ref)
+                _rescale_pair(modules, p, s)
+                err, where[(p.conv1, p.conv2)] = trace.change(inside)
             finally:
-                for dst, src in zip(params, saved):
+                for dst, src in saved:
                     dst.copy_(src)
             if err <= tol:
                 kept.append(p)
@@ -321,7 +385,7 @@ def find_cle_pairs(model: nn.Module, example_input: torch.Tensor, *, tol: float 
                 for n, orig in sw:
                     set_submodule(model, n, orig)
         model.train(was_training)
-    return {"kept": kept, "reverted": reverted, "candidates": len(candidates)}
+    return {"kept": kept, "reverted": reverted, "where": where, "candidates": len(candidates)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -353,7 +417,7 @@ def capture_bn_stats(model: nn.Module, example_input: torch.Tensor) -> dict[str,
 def equalize(model: nn.Module, example_input: torch.Tensor, iterations: int = 100, *, tol: float | None = None,
              converge_tol: float = 1e-4, bn_stats: dict | None = None,
              probe_dtype: torch.dtype | None = torch.float64, probe_samples: int | None = 2, seed: int = 0,
-             warn_tol: float = 1e-3, relu6: str = "clip") -> dict:
+             check_tol: float | None = None, relu6: str = "clip") -> dict:
     """Cross-Layer Equalization of a BN-folded FP model, in place (see the module docstring).
 
     `relu6`: what becomes of a kept chain's ReLU6 — "clip" (default): a ChannelClip whose per-channel
@@ -361,14 +425,16 @@ def equalize(model: nn.Module, example_input: torch.Tensor, iterations: int = 10
     AIMET do (changes the FP model).
 
     Returns a report: candidates / pairs kept / pairs reverted (with the probe's relative error),
-    the ReLU6 modules replaced by ReLU, sweeps done and convergence, `rel_change_relu6` (output
-    change on `example_input` due to ReLU6→ReLU alone) and `rel_error_vs_relu` (output change of the
-    equalized model against the ReLU-replaced one: rounding only, e.g. 1e-6–3e-5 for the float32
-    proxy MobileNetV2, ~1e-15 in float64; a warning is issued above `warn_tol`).
-    `tol`, `probe_dtype`, `probe_samples`: the probe's (see `find_cle_pairs`; in float64, kept pairs
-    show ~1e-15 and rejected ones ≥ 1e-2). `iterations`: at most this many sweeps over all pairs;
-    stops when the largest |log s| of a sweep is below `converge_tol` (the proxy MobileNetV2 needs
-    ~25 sweeps; they only touch weights). `bn_stats`: see `capture_bn_stats`, rescaled in place.
+    the ReLU6 modules replaced, sweeps done and convergence, `rel_change_relu6` (output change on
+    `example_input` due to the ReLU6 replacement alone: 0 for "clip") and `rel_error_vs_relu` (output
+    change of the equalized model against the ReLU6-replaced one: rounding only, 4e-7 on the float32 smoke
+    MobileNetV2, up to 7.5e-5 on the proxy models with random BN statistics, ~1e-15 in float64).
+    Raises `PrologueError` (a ValueError) when `rel_error_vs_relu` exceeds `check_tol` (default `rounding_tol`
+    of the model's dtype), naming the pair whose rescaling alone changes the output most; the model is then
+    left as it came.
+    `tol`, `probe_dtype`, `probe_samples`: the probe's (see `find_cle_pairs`). `iterations`: at most this many
+    sweeps over all pairs; stops when the largest |log s| of a sweep is below `converge_tol` (the proxy
+    MobileNetV2 needs ~25 sweeps; they only touch weights). `bn_stats`: see `capture_bn_stats`, rescaled in place.
     """
     if relu6 not in RELU6_MODES:
         raise ValueError(f"relu6 must be one of {RELU6_MODES}, got {relu6!r}")
@@ -379,58 +445,81 @@ def equalize(model: nn.Module, example_input: torch.Tensor, iterations: int = 10
                                probe_samples=probe_samples, seed=seed)
         kept: list[CLEPair] = found["kept"]
         modules = dict(model.named_modules())
-        y_orig = _flat_output(model(example_input))
-        acts = [a for p in kept for a in p.acts]
+        y_orig = flat_output(model(example_input))
         if relu6 == "relu":
-            swapped = _replace_relu6(model, modules, acts)
+            swapped = [sw for p in kept for sw in _replace_relu6(model, modules, p.acts)]
         else:                          # a clip over the output channels of the chain's conv1
-            conv1_of = {a: modules[p.conv1].weight for p in kept for a in p.acts}
-            swapped = _replace_relu6(model, modules, acts,
-                                     lambda m, n: ChannelClip.like_relu6(conv1_of[n].shape[0], conv1_of[n]))
-        y_ref = _flat_output(model(example_input)) if swapped else y_orig
+            swapped = [sw for p in kept
+                       for sw in _replace_relu6(model, modules, p.acts, _as_relu6_clip(modules, p.conv1))]
+        y_ref = flat_output(model(example_input)) if swapped else y_orig
         modules = dict(model.named_modules())
+        before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bn_before = copy.deepcopy(bn_stats)
 
+        total_s = [torch.ones(modules[p.conv1].weight.shape[0], dtype=torch.float64) for p in kept]
         sweeps, max_log_s = 0, 0.0
         for sweeps in range(1, iterations + 1):
             max_log_s = 0.0
-            for p in kept:
-                l1, l2 = modules[p.conv1], modules[p.conv2]
-                r1, r2 = out_ranges(l1).double(), in_ranges(l2).double()
+            for k, p in enumerate(kept):
+                r1, r2 = out_ranges(modules[p.conv1]).double(), in_ranges(modules[p.conv2]).double()
                 ok = (r1 > 0) & (r2 > 0)
                 s = torch.where(ok, torch.sqrt(r1 / torch.where(ok, r2, 1.0)), torch.ones_like(r1))
-                _scale_out(l1, s)
-                _scale_in(l2, s)
-                for a in p.acts:              # relu6(x) / s = min(relu(x / s), 6 / s)
-                    if isinstance(modules[a], ChannelClip):
-                        modules[a].upper.div_(s.to(modules[a].upper))
+                _rescale_pair(modules, p, s)
+                total_s[k] = total_s[k] * s.cpu()
                 if bn_stats is not None and p.conv1 in bn_stats:
-                    for k in ("beta", "gamma"):
-                        bn_stats[p.conv1][k] = bn_stats[p.conv1][k] / s.to(bn_stats[p.conv1][k])
+                    for key in ("beta", "gamma"):
+                        bn_stats[p.conv1][key] = bn_stats[p.conv1][key] / s.to(bn_stats[p.conv1][key])
                 max_log_s = max(max_log_s, float(s.log().abs().max())) if s.numel() else max_log_s
             if max_log_s < converge_tol:
                 break
-        y = _flat_output(model(example_input))
+        y = flat_output(model(example_input))
+        err = rel_error(y, y_ref)
+        if check_tol is None:
+            check_tol = rounding_tol(next(model.parameters()).dtype)
+        if err > check_tol:
+            culprits = _blame(model, modules, kept, total_s, before, example_input, y_ref)
+            model.load_state_dict(before)
+            for n, orig in swapped:
+                set_submodule(model, n, orig)
+            if bn_stats is not None:
+                bn_stats.update(bn_before)
+            (p, e), *_ = culprits
+            raise PrologueError(
+                f"CLE changed the FP output by {err:.2e} (relative to max|output|; rounding allows {check_tol:.1e}): "
+                f"the layer pair {p.conv1} → {p.conv2} (through {', '.join(p.acts) or 'nothing'}) alone changes "
+                f"it by {e:.2e} — its middle tensor is probably used outside the pair. Turn CLE off (--no-cle) "
+                f"for this model")
     finally:
         model.train(was_training)
-    report = {
+    return {
         "candidates": found["candidates"],
         "pairs_kept": len(kept),
         "pairs_reverted": len(found["reverted"]),
         "pairs": [asdict(p) for p in kept],
-        "reverted": [dict(asdict(p), rel_error=e) for p, e in found["reverted"]],
+        "reverted": [dict(asdict(p), rel_error=e, where=found["where"][(p.conv1, p.conv2)])
+                     for p, e in found["reverted"]],
         "relu6_replaced": len(swapped),
         "relu6_mode": relu6,
         "relu6_names": [n for n, _ in swapped],
         "sweeps": sweeps,
         "converged": max_log_s < converge_tol,
         "final_max_log_scale": max_log_s,
-        "rel_change_relu6": _rel_error(y_ref, y_orig),
-        "rel_error_vs_relu": _rel_error(y, y_ref),
+        "rel_change_relu6": rel_error(y_ref, y_orig),
+        "rel_error_vs_relu": err,
     }
-    if report["rel_error_vs_relu"] > warn_tol:
-        warnings.warn(f"CLE changed the float32 output by {report['rel_error_vs_relu']:.2e} (relative) "
-                      f"beyond ReLU6→ReLU; expected rounding noise only")
-    return report
+
+
+@torch.no_grad()
+def _blame(model: nn.Module, modules: dict[str, nn.Module], pairs: list[CLEPair], scales: list[torch.Tensor],
+           before: dict, x: torch.Tensor, y_ref: torch.Tensor) -> list[tuple[CLEPair, float]]:
+    """(pair, output change when only that pair gets its CLE scale), largest change first; restores `before`."""
+    changes = []
+    for p, s in zip(pairs, scales):
+        model.load_state_dict(before)
+        _rescale_pair(modules, p, s)
+        changes.append((p, rel_error(flat_output(model(x)), y_ref)))
+    model.load_state_dict(before)
+    return sorted(changes, key=lambda pe: -pe[1])
 
 
 @torch.no_grad()
@@ -487,7 +576,7 @@ def absorb_high_bias(model: nn.Module, example_input: torch.Tensor, *, bn_stats:
                 skipped_relu6 += 1
             elif any(isinstance(a, RECTIFIERS) for a in acts):
                 chains.append(p)
-        y_before = _flat_output(model(example_input))
+        y_before = flat_output(model(example_input))
         need = [p.conv1 for p in chains if bn_stats is None or p.conv1 not in bn_stats]
         batches = list(calib_batches) if calib_batches is not None else [example_input]
         empirical = _preactivation_stats(model, need, batches) if need else {}
@@ -519,9 +608,9 @@ def absorb_high_bias(model: nn.Module, example_input: torch.Tensor, *, bn_stats:
             channels += int((c > 0).sum())
             total += float(c.sum())
             per_layer[p.conv1] = {"source": source, "channels": int((c > 0).sum()), "mean_c": float(c.mean())}
-        y_after = _flat_output(model(example_input))
+        y_after = flat_output(model(example_input))
     finally:
         model.train(was_training)
     return {"chains": len(chains), "absorbed": absorbed, "channels": channels, "total_c": total,
             "skipped_relu6": skipped_relu6, "per_layer": per_layer,
-            "rel_change": _rel_error(y_after, y_before)}
+            "rel_change": rel_error(y_after, y_before)}
