@@ -126,3 +126,126 @@ def test_every_option_of_both_clis_has_help_and_shows_its_default():
                 assert "SPEC §" in action.help, f"{name}: {flag}: {action.help}"
         assert "--pulse-delta PULSE_DELTA" in text and "PulseSmooth δ" in text and "(default: 0.1)" in text
         assert "(default: auto)" in text  # --device
+
+
+# ------------------------------------------------------------------------------------------ the launcher
+GOOD = {"table": "table9", "models": ["mobilenetv2"], "recipes": ["lsq"], "bits": [4], "seeds": [0]}
+
+
+def write_config(tmp_path: Path, **changes) -> Path:
+    cfg = {**GOOD, **changes}
+    for key in [k for k, v in changes.items() if v is None]:
+        del cfg[key]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture
+def launcher_env(tmp_path, monkeypatch):
+    for var in ("SEEDS", "MODELS", "RECIPES", "PRESET", "DEVICE", "JOBS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    return tmp_path
+
+
+@pytest.mark.parametrize("changes, argv, env, named", [
+    (dict(models=["mobilenet_v2"]), [], {}, "unknown model 'mobilenet_v2' (did you mean 'mobilenetv2'?); allowed:"),
+    (dict(recipes=["lsq", "scalegrad+eda"]), [], {}, "unknown recipe 'scalegrad+eda' (did you mean 'scalegrad+ead'?)"),
+    (dict(seed=[1], seeds=None), [], {}, "unknown key 'seed' (did you mean 'seeds'?); allowed: table, models,"),
+    (dict(bits=[4, 1]), [], {}, "bits must be integers between 2 and 8, got 1"),
+    (dict(seeds=["x"]), [], {}, "seeds must be integers >= 0, got 'x'"),
+    (dict(table=None), [], {}, "missing key 'table'"),
+    ({}, [], {"SEEDS": "x"}, "SEEDS / --seeds must be integers >= 0 separated by spaces or commas, got 'x'"),
+    ({}, ["--seeds", "0 1.5"], {}, "got '0 1.5'"),
+    ({}, [], {"MODELS": "yolov8"}, "unknown model in --models / MODELS 'yolov8'"),
+    ({}, ["--recipes", "damp"], {}, "unknown recipe in --recipes / RECIPES 'damp'"),
+    ({}, ["--preset", "proxi"], {}, "unknown preset 'proxi'"),
+    ({}, ["--device", "cuda"], {}, "--device: 'cuda' needs a CUDA GPU"),
+    ({}, [], {"JOBS": "0"}, "--jobs: must be a positive integer, got '0'"),
+])
+def test_launcher_refuses_bad_input_before_any_work(changes, argv, env, named, launcher_env, monkeypatch, no_gpu,
+                                                    capsys):
+    from qat import experiments
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("the launcher started a run"))
+    code = None
+    try:
+        code = experiments.main([str(write_config(launcher_env, **changes)), "--preset", "smoke", *argv])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    assert code == 2
+    assert named in one_error_line(capsys.readouterr().err)
+    assert not (launcher_env / "runs").exists()
+
+
+def test_committed_configs_pass_the_check():
+    from qat.experiments import load_config
+    for path in sorted((REPO / "experiments").glob("*/config.yaml")):
+        load_config(path)
+
+
+def test_launcher_progress_counts_fp_models_and_shows_the_run_training(launcher_env, monkeypatch):
+    """One FP model and two runs: 3 units; while a run trains, the bar names it."""
+    import tqdm.auto
+
+    from qat import experiments
+    bars = []
+    init = tqdm.auto.tqdm.__init__
+
+    def recording_init(self, *args, **kwargs):  # drawn (TQDM_DISABLE is set in tests) into a string
+        init(self, *args, **{**kwargs, "disable": False, "file": io.StringIO()})
+        bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto.tqdm, "__init__", recording_init)
+    seen = []
+
+    def fake_run(cmd, **kwargs):
+        seen.append((cmd[cmd.index("--recipe") + 1], bars[-1].n, str(bars[-1].postfix)))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    path = write_config(launcher_env, seeds=[0, 1])
+    assert experiments.main([str(path), "--preset", "smoke", "--device", "cpu", "--jobs", "1"]) == 0
+    assert bars[-1].total == 3 and bars[-1].n == 3  # the FP model is work too
+    fp, first, second = seen
+    assert fp[:2] == ("fp", 0) and "training FP mobilenetv2" in fp[2]
+    assert first[:2] == ("lsq", 1) and "training mobilenetv2/lsq/w4a4/s0" in first[2]
+    assert second[:2] == ("lsq", 2) and "last mobilenetv2/lsq/w4a4/s0" in second[2]
+
+
+# ------------------------------------------------------------------------------ experiments/run_table.sh
+def test_run_table_sh_leaves_the_table_alone_when_the_launcher_refuses(tmp_path):
+    """run_table.sh in a copy of the tree's layout, with a table maker that leaves a mark: bad SEEDS or a bad
+    config stop it (exit 2, no table written); a good launch still writes the table."""
+    (tmp_path / "experiments" / "t9").mkdir(parents=True)
+    shutil.copy(REPO / "experiments" / "run_table.sh", tmp_path / "experiments")
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "setup.sh").write_text(f'export PATH="{Path(sys.executable).parent}:$PATH"\n')
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "make_table9.py").write_text(
+        "from pathlib import Path\nPath(__file__).with_name('written').touch()\n")
+    config = tmp_path / "experiments" / "t9" / "config.yaml"
+    written = tmp_path / "tables" / "written"
+    env = tool_env(tmp_path / "state", PRESET="smoke")
+    for var in ("SEEDS", "MODELS", "RECIPES"):
+        env.pop(var, None)
+
+    def run_table(**extra):
+        return subprocess.run(["bash", "experiments/run_table.sh", "t9", "9", "--dry-run"], cwd=tmp_path,
+                              env={**env, **extra}, capture_output=True, text=True, timeout=300)
+
+    config.write_text(yaml.safe_dump(GOOD))
+    proc = run_table(SEEDS="x")
+    assert proc.returncode == 2 and not written.exists(), proc.stdout + proc.stderr
+    assert "SEEDS / --seeds must be integers" in one_error_line(proc.stderr)
+
+    config.write_text(yaml.safe_dump({**GOOD, "models": ["resnet"]}))
+    proc = run_table()
+    assert proc.returncode == 2 and not written.exists(), proc.stdout + proc.stderr
+
+    config.write_text(yaml.safe_dump(GOOD))
+    proc = run_table()
+    assert proc.returncode == 0 and written.exists(), proc.stdout + proc.stderr
