@@ -249,3 +249,43 @@ def test_run_table_sh_leaves_the_table_alone_when_the_launcher_refuses(tmp_path)
     config.write_text(yaml.safe_dump(GOOD))
     proc = run_table()
     assert proc.returncode == 0 and written.exists(), proc.stdout + proc.stderr
+
+
+# ------------------------------------------------------------------------------ outside the environment
+BLOCK_TQDM = """
+import runpy, sys
+class NoTqdm:  # a Python without tqdm
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tqdm":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoTqdm())
+script = sys.argv[1]
+sys.path.insert(0, str(__import__("pathlib").Path(script).parent))
+sys.argv = [script]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("table", [1, 2, 5])
+def test_table_maker_without_the_project_packages_says_so_in_one_line(table, tmp_path):
+    proc = subprocess.run([sys.executable, "-c", BLOCK_TQDM, str(REPO / "tables" / f"make_table{table}.py")],
+                          cwd=tmp_path, env=tool_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    line = one_error_line(proc.stderr)
+    assert "'tqdm'" in line and "source scripts/setup.sh" in line
+
+
+def test_ultralytics_keeps_its_settings_out_of_home_without_setup_sh(tmp_path):
+    pytest.importorskip("ultralytics")
+    home, state = tmp_path / "home", tmp_path / "state"
+    home.mkdir()
+    env = {k: v for k, v in tool_env(tmp_path).items()
+           if not k.startswith("YOLO_") and k not in ("XDG_CONFIG_HOME", "QAT_STATE")}
+    env.update(HOME=str(home), QAT_STATE=str(state))
+    proc = subprocess.run([sys.executable, "-c", "import os, qat.detection.ultralytics_qat; "
+                           "print(os.environ['YOLO_CONFIG_DIR'], os.environ['YOLO_OFFLINE'])"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not (home / ".config" / "Ultralytics").exists(), sorted(os.listdir(home / ".config"))
+    assert proc.stdout.splitlines()[-1].split() == [str(state / "ultralytics"), "1"]
+    assert (state / "ultralytics").is_dir()
