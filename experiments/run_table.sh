@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Shared body of every table's run.sh: launch the table's runs, then always write the table.
+# Shared body of every table's run.sh: launch the table's runs, then write the table.
 # Usage (from a run.sh): exec bash experiments/run_table.sh <experiment dir> <table number> "$@"
 # PRESET=smoke|proxy|proxy-long|proxy-gpu|paper (default proxy), SEEDS="0 1 2", DEVICE=auto|cpu|cuda, MODELS=a,b,
 # RECIPES=a,b, JOBS=n, WANDB_MODE (default offline). Finished runs are skipped, killed runs resume.
@@ -11,5 +11,7 @@ experiment="$1" table="$2"
 shift 2
 python -m qat.experiments "experiments/$experiment/config.yaml" "$@"
 status=$?
+# Exit 2: the launcher refused its input (config, SEEDS, ...) and ran nothing; the table stays as it was.
+(( status == 2 )) && exit 2
 python "tables/make_table$table.py" || exit 1
 exit $status

@@ -6,78 +6,131 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 
-from .config import RunConfig
+from .cli_help import METHOD_HELP, RUN_HELP
+from .config import PresetRun, RunConfig
 from .models import model_names
 from .recipes import RECIPES, MethodConfig
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message):  # one line, not argparse's usage dump
         sys.stderr.write(f"error: {message}\n")
         sys.exit(2)
 
 
-def _bits(text: str) -> int:
-    try:
-        bits = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--bits must be an integer between 2 and 8, got {text!r}") from None
-    if not 2 <= bits <= 8:
-        raise argparse.ArgumentTypeError(f"--bits must be between 2 and 8, got {bits}")
-    return bits
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, every option's default after its help."""
+
+
+# Option values checked while parsing, so bad input ends before anything trains or is written. A message
+# names the value and what is allowed; argparse puts the option's name in front of it.
+def _checked(convert, allowed: str, ok):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}")
+        return value
+    parse.__name__ = allowed  # argparse names the type in some messages
+    return parse
+
+
+bits_value = _checked(int, "an integer between 2 and 8", lambda v: 2 <= v <= 8)
+positive_int = _checked(int, "a positive integer", lambda v: v > 0)
+non_negative_int = _checked(int, "an integer >= 0", lambda v: v >= 0)
+non_negative_float = _checked(float, "a number >= 0", lambda v: v >= 0)
+share = _checked(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+
+# The type of each configuration field's option where the field's default does not say it (None defaults)
+# or only some values make sense.
+FIELD_TYPES = {"bits": bits_value, "first_last_bits": bits_value, "seed": non_negative_int,
+               "epochs": positive_int, "batch_size": positive_int, "batch": positive_int,
+               "train_subset": positive_int, "max_iterations": positive_int, "imgsz": positive_int,
+               "log_every": positive_int, "fig1_iterations": non_negative_int, "workers": non_negative_int,
+               "lr": non_negative_float, "fraction": share, "adaround_iterations": positive_int}
+FIELD_CHOICES = {"calib_split": ("train", "val")}
+
+
+def check_device(text: str, ultralytics_ids: bool = False) -> str:
+    """`auto`, `cpu`, `cuda` or `cuda:N` (and with `ultralytics_ids` Ultralytics' GPU lists "0" / "0,1"), a GPU
+    only where torch sees one: the device's one-line error instead of a traceback inside the run."""
+    allowed = "auto, cpu, cuda or cuda:N" + (" (or Ultralytics GPU ids such as 0 or 0,1)" if ultralytics_ids else "")
+    gpu = re.fullmatch(r"cuda(?::(\d+))?", text) or (ultralytics_ids and re.fullmatch(r"\d+(,\d+)*", text))
+    if text in ("auto", "cpu"):
+        return text
+    if not gpu:
+        raise ValueError(f"must be {allowed}, got {text!r}")
+    import torch
+    if not torch.cuda.is_available():
+        raise ValueError(f"{text!r} needs a CUDA GPU and torch finds none on this machine (use auto or cpu)")
+    ids = [int(i) for i in re.findall(r"\d+", text)]
+    if ids and max(ids) >= torch.cuda.device_count():
+        raise ValueError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+    return text
+
+
+def device_option(ultralytics_ids: bool = False):
+    def parse(text: str) -> str:
+        try:
+            return check_device(text, ultralytics_ids)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = "device"
+    return parse
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser(config_cls: type[RunConfig] = RunConfig, models: list[str] | None = None,
-                 prog: str = "python -m qat.train") -> argparse.ArgumentParser:
-    """The CLI of `config_cls` (RunConfig, or a task's subclass with its own presets and models)."""
-    p = _Parser(prog=prog, description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def build_parser(config_cls: type[PresetRun] = RunConfig, models: list[str] | None = None,
+                 prog: str = "python -m qat.train", description: str | None = None,
+                 ultralytics_ids: bool = False) -> argparse.ArgumentParser:
+    """The CLI of `config_cls` (RunConfig, a task's subclass with its own presets and models, or
+    DetectionConfig): one option per field, each with its help text (qat/cli_help.py) and default."""
+    from .prepare.cle import RELU6_MODES
+    p = OneLineErrorParser(prog=prog, description=description or __doc__, formatter_class=_HelpFormatter)
     d = config_cls()
     models = models or model_names()
     p.add_argument("--model", default=d.model if d.model in models else models[0], choices=models, metavar="NAME",
                    help=f"one of: {', '.join(models)}")
     p.add_argument("--recipe", default=d.recipe, choices=["fp"] + sorted(RECIPES), metavar="NAME",
-                   help=f"fp or one of: {', '.join(sorted(RECIPES))}")
-    p.add_argument("--bits", type=_bits, default=d.bits, help="weight and activation bits (2-8)")
-    p.add_argument("--preset", default=d.preset, choices=sorted(config_cls.presets))
+                   help=f"fp (FP pretraining) or one of: {', '.join(sorted(RECIPES))}")
+    p.add_argument("--preset", default=d.preset, choices=sorted(config_cls.presets),
+                   help="budgets and data set (qat/config.py; detection: qat/detection/train.py)")
+    choices = {**FIELD_CHOICES, "cle_relu6": RELU6_MODES}
     for f in dataclasses.fields(config_cls):
-        if f.name in ("model", "recipe", "bits", "preset", "methods"):
+        if f.name in ("model", "recipe", "preset", "methods"):
             continue
         default = getattr(d, f.name)
+        help_text = RUN_HELP.get(f.name)
         if isinstance(default, bool):
-            p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default)
+            p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif f.name == "device":
+            p.add_argument("--device", type=device_option(ultralytics_ids), default=default, help=help_text)
         else:
-            kind = {int: int, float: float}.get(type(default), None)
-            if f.name in ("epochs", "batch_size", "train_subset", "max_iterations", "imgsz"):
-                kind = int
-            elif f.name == "lr":
-                kind = float
-            p.add_argument(_flag(f.name), type=kind or str, default=default)
+            kind = FIELD_TYPES.get(f.name) or {int: int, float: float}.get(type(default), str)
+            p.add_argument(_flag(f.name), type=kind, default=default, choices=choices.get(f.name), help=help_text)
     methods = p.add_argument_group("method hyper-parameters (SPEC defaults)")
     for f in dataclasses.fields(MethodConfig):
         if f.name == "extra":
             continue
-        kind = int if f.name == "adaround_iterations" else float
-        methods.add_argument(_flag(f.name), type=kind, default=f.default)
+        methods.add_argument(_flag(f.name), type=FIELD_TYPES.get(f.name, float), default=f.default,
+                             help=METHOD_HELP.get(f.name))
     return p
 
 
-def parse_config(argv=None, config_cls: type[RunConfig] = RunConfig, **parser_kwargs) -> RunConfig:
-    args = vars(build_parser(config_cls, **parser_kwargs).parse_args(argv))
+def parse_config(argv=None, config_cls: type[PresetRun] = RunConfig, parser: argparse.ArgumentParser | None = None,
+                 **parser_kwargs) -> PresetRun:
+    args = vars((parser or build_parser(config_cls, **parser_kwargs)).parse_args(argv))
     method_names = {f.name for f in dataclasses.fields(MethodConfig)}
     methods = MethodConfig(**{k: v for k, v in args.items() if k in method_names})
-    cfg = config_cls(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
-    if cfg.calib_split not in ("train", "val"):
-        raise SystemExit(_error(f"--calib-split must be 'train' or 'val', got {cfg.calib_split!r}"))
-    from .prepare.cle import RELU6_MODES
-    if cfg.cle_relu6 not in RELU6_MODES:
-        raise SystemExit(_error(f"--cle-relu6 must be one of {', '.join(RELU6_MODES)}, got {cfg.cle_relu6!r}"))
-    return cfg
+    return config_cls(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
 
 
 def _error(message: str) -> int:

@@ -22,11 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
-from .config import FP_TABLE, REPO, fp_cache_path, fp_run_dir, run_name, runs_root
+from .cli import OneLineErrorParser, device_option, positive_int
+from .config import FP_TABLE, PRESETS, REPO, fp_cache_path, fp_run_dir, run_name, runs_root
 from .detection.torch_detectors import TORCH_DETECTORS
+from .experiment_config import check_names, known_models, load_config, parse_seeds
+from .launch_progress import LaunchProgress
 from .run_reuse import find_identical_run, trained_otherwise
 
 ULTRALYTICS_DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s"}
@@ -49,16 +51,6 @@ class RunSpec:
     @property
     def finished(self) -> bool:
         return (runs_root() / self.preset / self.name / "result.json").is_file()
-
-
-def load_config(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"experiment config not found: {path}")
-    cfg = yaml.safe_load(path.read_text())
-    for key in ("table", "models", "recipes", "bits"):
-        if key not in cfg:
-            raise ValueError(f"{path}: missing key {key!r}")
-    return cfg
 
 
 def plan(cfg: dict, seeds: list[int], preset: str, models: list[str] | None = None) -> list[RunSpec]:
@@ -87,28 +79,33 @@ def default_jobs(device: str) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path)
-    p.add_argument("--preset", default=os.environ.get("PRESET", "proxy"))
-    p.add_argument("--seeds", default=os.environ.get("SEEDS"), help="space/comma separated; default: the config's")
-    p.add_argument("--device", default=os.environ.get("DEVICE", "auto"))
+    p.add_argument("--preset", default=os.environ.get("PRESET", "proxy"), help=f"$PRESET; {', '.join(PRESETS)}")
+    p.add_argument("--seeds", default=os.environ.get("SEEDS"), help="$SEEDS, space/comma separated; default: the config's")
+    p.add_argument("--device", default=os.environ.get("DEVICE", "auto"), type=device_option(),
+                   help="$DEVICE: auto, cpu, cuda or cuda:N")
     p.add_argument("--models", default=os.environ.get("MODELS"), help="restrict to these models (comma separated)")
     p.add_argument("--recipes", default=os.environ.get("RECIPES"),
                    help="restrict to these recipes (comma separated; a branch still trains its parent)")
-    p.add_argument("--jobs", type=int, default=int(os.environ["JOBS"]) if os.environ.get("JOBS") else None,
+    p.add_argument("--jobs", type=positive_int, default=os.environ.get("JOBS") or None,
                    help="run this many (model, bits, seed) groups at once (each group stays in order); "
                         "default: 1 on a GPU, else one per CPU core up to 4")
     p.add_argument("--dry-run", action="store_true")
     args, extra = p.parse_known_args(argv)
-    try:
+    try:  # everything checked before anything trains or is written
         cfg = load_config(args.config)
+        if args.preset not in PRESETS:
+            raise ValueError(f"--preset / PRESET: unknown preset {args.preset!r}; allowed: {', '.join(PRESETS)}")
+        seeds = parse_seeds(args.seeds) if args.seeds else cfg.get("seeds", [0])
+        models = args.models.split(",") if args.models else None
+        check_names("model in --models / MODELS", models or [], known_models())
+        check_names("recipe in --recipes / RECIPES", args.recipes.split(",") if args.recipes else [], cfg["recipes"])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.jobs is None:
         args.jobs = default_jobs(args.device)
-    seeds = [int(s) for s in (args.seeds.replace(",", " ").split() if args.seeds else cfg.get("seeds", [0]))]
-    models = args.models.split(",") if args.models else None
     runs = plan(cfg, seeds, args.preset, models)
     if args.recipes:
         wanted = set(args.recipes.split(","))
@@ -153,7 +150,6 @@ def main(argv=None) -> int:
     if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # parallel jobs share the cores: OpenMP threads beyond a job's share only wait on each other
         job_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
-    bar = tqdm(total=len(todo), desc=cfg["table"], unit="run", dynamic_ncols=True)
 
     def run_group(group: list[RunSpec]) -> None:
         for r in group:
@@ -164,6 +160,7 @@ def main(argv=None) -> int:
             elif not r.finished:  # a branch may have trained its parent already
                 log = log_dir / (r.name.replace("/", "__") + ".log")
                 t0 = time.time()
+                progress.start(r.name)
                 with open(log, "a") as f:
                     proc = subprocess.run(command(r, args.preset, args.device, extra), cwd=REPO, stdout=f,
                                           stderr=subprocess.STDOUT, env=job_env)
@@ -173,8 +170,7 @@ def main(argv=None) -> int:
                         tqdm.write(f"[{cfg['table']}] FAILED {r.name} (exit {proc.returncode}); log: {log}")
                     else:
                         tqdm.write(f"[{cfg['table']}] done {r.name} in {time.time() - t0:.0f} s")
-            with lock:
-                bar.update(1)
+            progress.done(r.name)
 
     # FP models first, each model once (parallel groups must not train the same cached FP model twice),
     # different models at the same time; FP models trained already are skipped. FP runs are submitted
@@ -186,10 +182,12 @@ def main(argv=None) -> int:
                   "--model", model, "--recipe", "fp", "--preset", args.preset,
                   "--table", FP_TABLE, "--device", args.device, "--resume", "--no-wandb"]
         t0 = time.time()
+        progress.start(f"FP {model}")
         with open(log_dir / f"fp__{model}.log", "a") as f:
             proc = subprocess.run(fp_cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=job_env)
         tqdm.write(f"[{cfg['table']}] FP {model}: " + (f"done in {time.time() - t0:.0f} s" if proc.returncode == 0
                    else f"FAILED (exit {proc.returncode}); log: {log_dir / f'fp__{model}.log'}"))
+        progress.done(f"FP {model}")
 
     def fp_trained(model: str) -> bool:  # a detector's cache name depends on its data: its FP run's result instead
         if model in DETECTORS:
@@ -198,6 +196,7 @@ def main(argv=None) -> int:
 
     fp_models = [m for m in dict.fromkeys(r.model for r in todo if not reuse[r])
                  if args.preset != "paper" and not fp_trained(m)]
+    progress = LaunchProgress(cfg["table"], total=len(fp_models) + len(todo))  # FP models are work too
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         # A group starts as soon as its own model's FP is trained, while other FP models still train.
         fp_done = {m: pool.submit(train_fp, m) for m in fp_models}
@@ -209,7 +208,7 @@ def main(argv=None) -> int:
 
         for future in [pool.submit(after_fp, g) for g in groups.values()]:
             future.result()
-    bar.close()
+    progress.close()
     if failed:
         print(f"[{cfg['table']}] {len(failed)} run(s) failed: " + ", ".join(failed), file=sys.stderr)
         return 1

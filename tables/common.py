@@ -9,12 +9,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from qat.logging.run_reader import by_name, read_api_runs, read_local_runs  # noqa: E402
+try:  # the project's packages (scripts/setup.sh's .venv); outside it, one line instead of a traceback
+    import yaml
+    import qat.experiments  # noqa: F401  (borrowed_runs plans the tables' runs: torch, tqdm)
+    from qat.logging.run_reader import by_name, read_api_runs, read_local_runs
+except ModuleNotFoundError as e:
+    if (e.name or "").partition(".")[0] == "qat":
+        raise
+    sys.exit(f"error: the table makers need the project's Python packages, and {e.name!r} is not installed for "
+             f"{sys.executable}: run `source scripts/setup.sh` first (it creates .venv and puts it on PATH)")
 
 MISSING = "missing"
 

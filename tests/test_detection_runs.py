@@ -68,8 +68,10 @@ def test_an_unfinished_run_needs_resume(dirs, capsys):
 
 
 def test_bad_bits_is_one_clear_error(dirs, capsys):
-    assert main(["--bits", "9", "--no-wandb"]) == 2
-    assert capsys.readouterr().err.strip().startswith("error: bits must be")
+    with pytest.raises(SystemExit) as e:  # refused while parsing, like every option (tests/test_cli_validation.py)
+        main(["--bits", "9", "--no-wandb"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: argument --bits: must be an integer between 2 and 8, got '9'"
 
 
 def test_a_cached_fp_detector_with_other_budgets_is_one_clear_error(dirs, capsys):

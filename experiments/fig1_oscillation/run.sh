@@ -12,6 +12,7 @@ cd "$REPO"
 source scripts/setup.sh || exit 1
 python -m qat.experiments experiments/table1_freeze/config.yaml "$@"
 status=$?
+(( status == 2 )) && exit 2  # the launcher refused its input and ran nothing: no figure either
 PRESET="${PRESET:-proxy}"
 RUNS="${QAT_RUNS:-$REPO/runs}/$PRESET/table1"
 read -r -a FIG_MODELS <<< "$(python -c "import yaml; c = yaml.safe_load(open('experiments/fig1_oscillation/config.yaml')); print(' '.join(c['models']))")"

@@ -8,3 +8,14 @@
 - `train.train_detector` / `python -m qat.detection`: runs by name with presets smoke/proxy/proxy-gpu/paper
   (SSD / YOLOX names are handed to `torch_train.main`).
 """
+import os as _os
+from pathlib import Path as _Path
+
+from ..config import REPO as _REPO
+
+# Ultralytics writes its settings file at import, under ~/.config/Ultralytics unless YOLO_CONFIG_DIR says
+# otherwise, and may try to download or pip-install things: give it what scripts/setup.sh exports, for callers
+# that did not source it (every import of ultralytics goes through this package).
+_os.environ.setdefault("YOLO_CONFIG_DIR", str(_Path(_os.environ.get("QAT_STATE", _REPO / ".state")) / "ultralytics"))
+_os.environ.setdefault("YOLO_OFFLINE", "1")
+_os.environ.setdefault("YOLO_AUTOINSTALL", "false")

@@ -28,7 +28,7 @@ import torch
 
 from ..config import FP_TABLE, PresetRun, check_fp_budgets, fp_cache_path
 from ..prepare.pipeline import PrologueOptions
-from ..recipes import RECIPES, MethodConfig, get_recipe
+from ..recipes import MethodConfig, get_recipe
 from ..train import checkpoint
 
 # Budgets per preset. The data set of the FMNIST-Det presets is the FMNIST-Det preset of the same name.
@@ -243,41 +243,14 @@ def _jsonable(d):
 
 # ------------------------------------------------------------------------------------------------ CLI
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"error: {message}\n")
-        sys.exit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from .ultralytics_qat import DETECTORS
-    p = _Parser(prog="python -m qat.detection", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = DetectionConfig()
+    """The classification CLI's options (qat/cli.py: checked values, help text and defaults) for DetectionConfig;
+    --device also takes Ultralytics' GPU ids."""
+    from ..cli import build_parser as run_parser
     from .torch_detectors import TORCH_DETECTORS
-    p.add_argument("--model", default=d.model, choices=sorted([*DETECTORS, *TORCH_DETECTORS]))
-    p.add_argument("--recipe", default=d.recipe, choices=["fp"] + sorted(RECIPES), metavar="NAME",
-                   help=f"fp or one of: {', '.join(sorted(RECIPES))}")
-    p.add_argument("--preset", default=d.preset, choices=sorted(DET_PRESETS))
-    for f in dataclasses.fields(DetectionConfig):
-        if f.name in ("model", "recipe", "preset", "methods"):
-            continue
-        default = getattr(d, f.name)
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            kind = {"epochs": int, "batch": int, "imgsz": int, "max_iterations": int, "lr": float,
-                    "bits": int, "seed": int, "first_last_bits": int, "workers": int, "fig1_iterations": int,
-                    "fraction": float, "weight_decay": float, "momentum": float, "ead_fraction": float}.get(f.name, str)
-            p.add_argument(flag, type=kind, default=default)
-    g = p.add_argument_group("method hyper-parameters (SPEC defaults)")
-    for f in dataclasses.fields(MethodConfig):
-        if f.name == "extra":
-            continue
-        g.add_argument("--" + f.name.replace("_", "-"), type=int if f.name == "adaround_iterations" else float,
-                       default=f.default)
-    return p
+    from .ultralytics_qat import DETECTORS
+    return run_parser(DetectionConfig, models=sorted([*DETECTORS, *TORCH_DETECTORS]), prog="python -m qat.detection",
+                      description=__doc__, ultralytics_ids=True)
 
 
 def main(argv=None) -> int:
@@ -287,10 +260,8 @@ def main(argv=None) -> int:
     if pre.parse_known_args(argv)[0].model in TORCH_DETECTORS:  # SSD / YOLOX: our own loop (torch_train.py)
         from .torch_train import main as torch_main
         return torch_main(argv)
-    args = vars(build_parser().parse_args(argv))
-    names = {f.name for f in dataclasses.fields(MethodConfig)}
-    cfg = DetectionConfig(**{k: v for k, v in args.items() if k not in names},
-                          methods=MethodConfig(**{k: v for k, v in args.items() if k in names}))
+    from ..cli import parse_config
+    cfg = parse_config(argv, DetectionConfig, parser=build_parser())
     from ..train.checkpoint import CheckpointError
     from .ultralytics_qat import NonFiniteLoss
     try:
