@@ -34,6 +34,7 @@ class EADHook(TrainingHook):
                  max_bits: int = 4):
         self.tau, self.k, self.alpha_max, self.mu_init, self.max_bits = tau, k, alpha_max, mu_init, max_bits
         self._previous: list[torch.Tensor] | None = None
+        self.changed_codes: torch.Tensor | None = None  # codes EAD's blend moved off the optimizer's, since τ
 
     def _active(self, state: TrainState) -> bool:
         # before_optimizer_step sees the iteration about to run; the update it makes is iteration+1.
@@ -59,16 +60,32 @@ class EADHook(TrainingHook):
         t = state.iteration + 1
         weights, steps = self._tensors(state.model)
         prev_w, prev_s = self._previous[:len(weights)], self._previous[len(weights):]
-        weight_steps = [layer.weight_quant.step for _, layer in low_bit_layers(state.model, self.max_bits)]
-        for w, w_prev, s in zip(weights, prev_w, weight_steps):
-            alpha = ead_alpha(w, s.clamp_min(1e-8), self.k, self.alpha_max)
+        layers = [layer for _, layer in low_bit_layers(state.model, self.max_bits)]  # the owners of `weights`
+        optimizer_codes = [layer.weight_quant.codes(layer.weight) for layer in layers]
+        for layer, w_prev in zip(layers, prev_w):
+            w = layer.weight
+            alpha = ead_alpha(w, layer.weight_quant.step.clamp_min(1e-8), self.k, self.alpha_max)
             w.copy_(alpha * w_prev + (1 - alpha) * w)
         mu = ead_mu(t, self.tau, state.total_iterations, self.mu_init)
         for s, s_prev in zip(steps, prev_s):
             s.copy_((1 - mu) * s_prev + mu * s)
+        # Did EAD act? Count the codes its update moved off the optimizer's (summed on the device: no host sync).
+        if layers:
+            changed = sum((layer.weight_quant.codes(layer.weight) != codes).sum()
+                          for layer, codes in zip(layers, optimizer_codes))
+            self.changed_codes = changed if self.changed_codes is None else self.changed_codes + changed
         self._previous = None
 
     def epoch_metrics(self, state: TrainState) -> dict:
         if state.iteration <= self.tau:
             return {"ead/active": 0.0}
-        return {"ead/active": 1.0, "ead/mu": ead_mu(state.iteration, self.tau, state.total_iterations, self.mu_init)}
+        changed = 0 if self.changed_codes is None else int(self.changed_codes)
+        return {"ead/active": 1.0, "ead/mu": ead_mu(state.iteration, self.tau, state.total_iterations, self.mu_init),
+                "ead/changed_codes": changed}
+
+    def state_dict(self) -> dict:
+        return {"changed_codes": None if self.changed_codes is None else int(self.changed_codes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("changed_codes") is not None:
+            self.changed_codes = torch.tensor(state["changed_codes"], dtype=torch.int64)

@@ -57,3 +57,31 @@ def test_hook_applies_eq_11_and_12_after_tau_only():
     torch.testing.assert_close(layer.weight.detach(), alpha * w_prev + (1 - alpha) * w_new)
     mu = (1 - (15 - 10) / (20 - 10)) * 0.1
     torch.testing.assert_close(layer.weight_quant.step.detach(), (1 - mu) * s_prev + mu * s_new)
+
+
+def test_hook_counts_the_codes_its_update_changed():
+    """Did EAD act? (issue 17): the codes after EAD's update that differ from the optimizer's, summed since τ."""
+    model = _model()
+    hook = EADHook(tau=0, k=1.0, alpha_max=0.99, mu_init=0.0)  # μ = 0: the steps keep their old value
+    state = TrainState(model=model, iteration=3, total_iterations=20)
+    layer = next(l for _, l in quant_layers(model))
+    with torch.no_grad():
+        layer.weight.fill_(0.04)                     # v = 0.4: code 0
+    hook.before_optimizer_step(state)
+    with torch.no_grad():
+        layer.weight.fill_(0.07)                     # the optimizer's step: v = 0.7, code 1, Δ = 0.3
+    hook.after_optimizer_step(state)
+    # EAD: w = 0.3·0.04 + 0.7·0.07 = 0.061 → v = 0.61, still code 1: nothing changed yet
+    assert hook.epoch_metrics(TrainState(model, iteration=4))["ead/changed_codes"] == 0
+    with torch.no_grad():
+        layer.weight.fill_(0.04)
+    hook.before_optimizer_step(state)
+    with torch.no_grad():
+        layer.weight.fill_(0.055)                    # v = 0.55, code 1, Δ = 0.45 → α = 0.45
+    hook.after_optimizer_step(state)
+    # EAD: w = 0.45·0.04 + 0.55·0.055 = 0.04825 → v = 0.4825, code 0: every weight of the layer changed code
+    metrics = hook.epoch_metrics(TrainState(model, iteration=5))
+    assert metrics["ead/changed_codes"] == layer.weight.numel()
+    fresh = EADHook(tau=0)
+    fresh.load_state_dict(hook.state_dict())
+    assert int(fresh.changed_codes) == layer.weight.numel()
