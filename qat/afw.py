@@ -1,12 +1,20 @@
 """AFW — adaptive fine-tuning of oscillating weights (SPEC §6, paper §IV-C eq. 13–15).
 
-After training, only the weights frozen for oscillating get a learnable offset θ (initialised 0);
-every other weight keeps its integer code and all step sizes stay fixed:
+After training, only the weights frozen for oscillating get a learnable offset θ; every other weight keeps
+its integer code and all step sizes stay fixed:
 
     W_q = s·clamp(w_int + g(θ), qmin, qmax),   g(θ) = clamp(γ·tanh(θ), −1, 1)
     loss = task_loss + λ·Σ R(g),               R(g) = g²·(1 − g²)²
 
 At the end g is hard-rounded to {−1, 0, 1} and the codes are written back into the latent weights.
+
+The paper leaves open what SPEC §6 lists; each is an option here (the defaults read the paper at face value):
+- `loss_reduction`: the task loss as the task gives it, a batch mean ("mean"), or summed over the batch ("sum",
+  the Ultralytics convention the paper's detectors train with). With "mean" and λ = 0.1 a code can flip only where
+  |s·∂L/∂ŵ| > 0.4·λ for that weight (R' peaks at 0.399), which no proxy weight reaches.
+- `theta_init`: θ = 0 ("zero": g starts at the frozen code) or from the latent weight's residual ("residual":
+  g(θ₀) = w/s − w_int, AdaRound's initialisation).
+- `reg_reduction`: λ·Σ R over the offsets ("sum") or λ times their mean ("mean", λ per weight).
 """
 from __future__ import annotations
 
@@ -33,11 +41,15 @@ def afw_regularizer(g: torch.Tensor) -> torch.Tensor:
 class AFWOffsets(nn.Module):
     """Replaces a weight quantizer's forward during AFW: fixed codes plus g(θ) on the frozen ones."""
 
-    def __init__(self, codes: torch.Tensor, mask: torch.Tensor, gamma: float):
+    def __init__(self, codes: torch.Tensor, mask: torch.Tensor, gamma: float, residual: torch.Tensor | None = None):
+        """`residual` (w/s − w_int of the masked weights): start with g(θ) at it instead of 0."""
         super().__init__()
         self.register_buffer("codes", codes.detach().clone())
         self.register_buffer("mask", mask.detach().clone())
-        self.theta = nn.Parameter(torch.zeros(int(mask.sum()), device=codes.device))
+        theta = torch.zeros(int(mask.sum()), device=codes.device)
+        if residual is not None:  # g(θ₀) = γ·tanh(θ₀) = residual, kept inside g's open range (−1, 1)
+            theta = torch.atanh(torch.clamp(residual.detach() / gamma, -0.99 / gamma, 0.99 / gamma))
+        self.theta = nn.Parameter(theta)
         self.gamma = gamma
 
     def offsets(self) -> torch.Tensor:
@@ -53,15 +65,25 @@ class AFWOffsets(nn.Module):
         return self.codes.masked_scatter(self.mask, moved)
 
 
-def attach_afw(model: nn.Module, gamma: float = 1.1) -> list[nn.Parameter]:
+THETA_INITS = ("zero", "residual")
+LOSS_REDUCTIONS = ("mean", "sum")
+REG_REDUCTIONS = ("sum", "mean")
+
+
+def attach_afw(model: nn.Module, gamma: float = 1.1, theta_init: str = "zero") -> list[nn.Parameter]:
     """Install AFW on every layer with frozen weights; return the θ parameters (one per layer)."""
+    if theta_init not in THETA_INITS:
+        raise ValueError(f"AFW: unknown theta_init {theta_init!r}; choose from {', '.join(THETA_INITS)}")
     thetas = []
     for _, layer in low_bit_layers(model):
         wq = layer.weight_quant
         if wq.frozen is None or not bool(wq.frozen.mask.any()):
             continue
         codes = wq.frozen.codes_with_frozen(wq.codes(layer.weight))
-        wq.afw = AFWOffsets(codes, wq.frozen.mask, gamma)
+        residual = None
+        if theta_init == "residual":
+            residual = (layer.weight.detach() / wq.step.detach() - codes)[wq.frozen.mask]
+        wq.afw = AFWOffsets(codes, wq.frozen.mask, gamma, residual)
         thetas.append(wq.afw.theta)
     return thetas
 
@@ -88,13 +110,18 @@ class AFWStep:
     name = "afw"
 
     def __init__(self, epochs: float = 10, lr: float = 1e-3, momentum: float = 0.9, gamma: float = 1.1,
-                 lam: float = 0.1):
+                 lam: float = 0.1, loss_reduction: str = "mean", theta_init: str = "zero", reg_reduction: str = "sum"):
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"AFW: unknown loss_reduction {loss_reduction!r}; choose from {', '.join(LOSS_REDUCTIONS)}")
+        if reg_reduction not in REG_REDUCTIONS:
+            raise ValueError(f"AFW: unknown reg_reduction {reg_reduction!r}; choose from {', '.join(REG_REDUCTIONS)}")
         self.epochs, self.lr, self.momentum, self.gamma, self.lam = epochs, lr, momentum, gamma, lam
+        self.loss_reduction, self.theta_init, self.reg_reduction = loss_reduction, theta_init, reg_reduction
 
     def run(self, model: nn.Module, task) -> dict:
         for p in model.parameters():
             p.requires_grad_(False)
-        thetas = attach_afw(model, self.gamma)
+        thetas = attach_afw(model, self.gamma, self.theta_init)
         n_theta = sum(t.numel() for t in thetas)
         if n_theta == 0:
             metrics = {"afw/weights": 0, "afw/changed_codes": 0}
@@ -106,17 +133,29 @@ class AFWStep:
         batches = task.train_batches(epochs=max(1, int(-(-self.epochs // 1))))
         n_iter = task.iterations_for(self.epochs)
         model.train()
+        objectives = []  # on the device: read once at the end (no host sync per step)
         for it, batch in zip(tqdm(range(n_iter), desc="AFW", leave=False), batches):
             reg = sum(afw_regularizer(a.offsets()).sum() for a in afw_layers)
-            loss = task.loss(model, batch) + self.lam * reg
+            if self.reg_reduction == "mean":
+                reg = reg / n_theta
+            task_loss = task.loss(model, batch)
+            if self.loss_reduction == "sum":  # the batch-mean loss summed over the batch instead
+                task_loss = task_loss * task.inputs(batch).shape[0]
+            loss = task_loss + self.lam * reg
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            objectives.append(loss.detach())
         soft = task.evaluate(model)
         changed = finalize_afw(model)
         hard = task.evaluate(model)
         _restore_requires_grad(model)
+        # Did AFW lower its objective? Its mean over the first and over the last tenth of the steps.
+        tenth = max(1, len(objectives) // 10)
+        first, last = (float(torch.stack(objectives[:tenth]).mean()), float(torch.stack(objectives[-tenth:]).mean())) \
+            if objectives else (float("nan"), float("nan"))
         return {"afw/weights": n_theta, "afw/changed_codes": changed, "afw/soft_metric": soft["metric"],
+                "afw/objective_first": first, "afw/objective_last": last,
                 **{f"afw/{k}": v for k, v in hard.items()}}
 
 

@@ -12,6 +12,7 @@ import sys
 from .cli_help import METHOD_HELP, RUN_HELP
 from .config import PresetRun, RunConfig
 from .models import model_names
+from .afw import LOSS_REDUCTIONS, REG_REDUCTIONS, THETA_INITS
 from .recipes import RECIPES, MethodConfig
 
 
@@ -53,7 +54,8 @@ FIELD_TYPES = {"bits": bits_value, "first_last_bits": bits_value, "seed": non_ne
                "train_subset": positive_int, "max_iterations": positive_int, "imgsz": positive_int,
                "log_every": positive_int, "fig1_iterations": non_negative_int, "workers": non_negative_int,
                "lr": non_negative_float, "fraction": share, "adaround_iterations": positive_int}
-FIELD_CHOICES = {"calib_split": ("train", "val")}
+FIELD_CHOICES = {"calib_split": ("train", "val"), "afw_loss": LOSS_REDUCTIONS, "afw_theta_init": THETA_INITS,
+                 "afw_reg": REG_REDUCTIONS}
 
 
 def check_device(text: str, ultralytics_ids: bool = False) -> str:
@@ -120,7 +122,8 @@ def build_parser(config_cls: type[PresetRun] = RunConfig, models: list[str] | No
     for f in dataclasses.fields(MethodConfig):
         if f.name == "extra":
             continue
-        methods.add_argument(_flag(f.name), type=FIELD_TYPES.get(f.name, float), default=f.default,
+        kind = FIELD_TYPES.get(f.name) or (str if isinstance(f.default, str) else float)
+        methods.add_argument(_flag(f.name), type=kind, default=f.default, choices=FIELD_CHOICES.get(f.name),
                              help=METHOD_HELP.get(f.name))
     return p
 

@@ -57,6 +57,11 @@ METHOD_HELP: dict[str, str] = {
     "afw_lambda": "AFW λ, the weight of the regulariser R(g) = g²(1 - g²)² (SPEC §6)",
     "afw_lr": "AFW learning rate of the offsets θ (SGD, SPEC §6)",
     "afw_epochs": "AFW fine-tuning epochs (SPEC §6); None: the preset's (paper: 10)",
+    "afw_loss": "AFW task loss against λ: the batch mean (the paper at face value) or summed over the batch "
+                "(SPEC §6, qat/afw.py)",
+    "afw_theta_init": "AFW θ initialisation: zero (g starts at the frozen code) or the latent weight's residual "
+                      "w/s − w_int (AdaRound's; SPEC §6)",
+    "afw_reg": "AFW regulariser: λ·Σ R(g) (sum) or λ times the mean of R(g) over the offsets (mean; SPEC §6)",
     "damp_weight": "Damp λ_final: the dampening loss weight at the end of its cosine ramp (SPEC §7)",
     "ema_decay": "RedYolo EMA decay of latent weights and step sizes (SPEC §7)",
     "ema_ramp": "RedYolo EMA ramp: the decay at iteration t is decay·(1 - exp(-t/ramp)) (SPEC §7)",

@@ -84,6 +84,9 @@ class MethodConfig:
     afw_lambda: float = 0.1
     afw_lr: float = 1e-3
     afw_epochs: float | None = None        # None = the preset's budget (paper: 10)
+    afw_loss: str = "mean"                 # task loss against λ: batch "mean" (face value) or "sum" (qat/afw.py)
+    afw_theta_init: str = "zero"           # θ from 0 or from the latent weight's "residual" (qat/afw.py)
+    afw_reg: str = "sum"                   # λ·Σ R(g) ("sum") or λ·mean R(g) ("mean", λ per weight)
     damp_weight: float = 0.1
     ema_decay: float = 0.9999
     ema_ramp: float = 2000
@@ -124,7 +127,8 @@ def make_post_steps(recipe: Recipe, cfg: MethodConfig) -> list:
     for name in recipe.post:
         if name == "afw":
             from .afw import AFWStep
-            steps.append(AFWStep(cfg.afw_epochs, cfg.afw_lr, gamma=cfg.afw_gamma, lam=cfg.afw_lambda))
+            steps.append(AFWStep(cfg.afw_epochs, cfg.afw_lr, gamma=cfg.afw_gamma, lam=cfg.afw_lambda,
+                                 loss_reduction=cfg.afw_loss, theta_init=cfg.afw_theta_init, reg_reduction=cfg.afw_reg))
         elif name == "adaround":
             steps.append(_load("qat.baselines.adaround", "AdaRoundStep")(iterations=cfg.adaround_iterations))
         elif name == "qc":

@@ -143,3 +143,70 @@ def test_afw_step_runs_and_reports_after_hard_rounding():
     metrics = AFWStep(epochs=1, lr=0.1).run(model, _RandomTask())
     assert metrics["afw/weights"] > 0 and "afw/metric" in metrics
     assert all(p.requires_grad for p in model.parameters())
+
+
+# The readings SPEC §6 leaves open (qat/afw.py): the task loss against λ, θ's initialisation, R's reduction.
+
+def _frozen_toy(seed=0):
+    from test_baselines_helpers import ToyTask, tiny_cnn
+    model = tiny_cnn(bits=3, seed=seed)
+    torch.manual_seed(seed)
+    _freeze_some(model, fraction=0.3)
+    return model, ToyTask(n_train=1)
+
+
+def _theta_step(monkeypatch, loss_reduction):
+    """θ after AFWStep's one plain SGD step (lr 1, no momentum, λ = 0) from θ = 0, per layer."""
+    import qat.afw as afw_module
+    model, task = _frozen_toy()
+    thetas = []
+
+    def attach_and_keep(*args, **kwargs):
+        thetas.extend(attach_afw(*args, **kwargs))
+        return thetas
+    monkeypatch.setattr(afw_module, "attach_afw", attach_and_keep)
+    AFWStep(epochs=1, lr=1.0, momentum=0.0, lam=0.0, loss_reduction=loss_reduction).run(model, task)
+    return [t.detach().clone() for t in thetas]
+
+
+def test_summed_task_loss_is_the_mean_times_the_batch(monkeypatch):
+    mean, summed = _theta_step(monkeypatch, "mean"), _theta_step(monkeypatch, "sum")
+    assert any(float(t.abs().max()) > 0 for t in mean)
+    for a, b in zip(mean, summed):
+        torch.testing.assert_close(b, 16 * a)  # ToyTask's batch: 16
+
+
+def test_regulariser_mean_is_the_sum_over_the_offsets_count():
+    # R'(0) = 0, so compare the gradients at θ started from the residual
+    n = {}
+    for reduction in ("sum", "mean"):
+        model, task = _frozen_toy()
+        thetas = attach_afw(model, theta_init="residual")
+        reg = sum(afw_regularizer(afw_offset(t)).sum() for t in thetas)
+        n[reduction] = sum(t.numel() for t in thetas)
+        if reduction == "mean":
+            reg = reg / n[reduction]
+        reg.backward()
+        n[reduction + "_grad"] = torch.cat([t.grad for t in thetas])
+    torch.testing.assert_close(n["mean_grad"] * n["mean"], n["sum_grad"])
+
+
+def test_residual_init_starts_g_at_the_latent_weights_residual():
+    model, _ = _frozen_toy()
+    thetas = attach_afw(model, gamma=1.1, theta_init="residual")
+    assert thetas
+    for _, layer in quant_layers(model):
+        wq = layer.weight_quant
+        if wq.afw is None:
+            continue
+        residual = (layer.weight / wq.step - wq.afw.codes)[wq.afw.mask].detach()
+        torch.testing.assert_close(wq.afw.offsets().detach(), residual.clamp(-0.99, 0.99), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="theta_init"):
+        attach_afw(_frozen_toy()[0], theta_init="random")
+
+
+def test_afw_reports_its_objective_at_the_start_and_the_end():
+    model, task = _frozen_toy()
+    metrics = AFWStep(epochs=4, lr=0.05, loss_reduction="sum", theta_init="residual").run(model, task)
+    assert metrics["afw/weights"] > 0
+    assert metrics["afw/objective_last"] < metrics["afw/objective_first"]
