@@ -139,7 +139,9 @@ def draw_traces(ax, ax_zoom, run: Fig1Run) -> None:
             boundary = (code[changes[0] - 1] + code[changes[0]]) / 2
             ax_zoom.plot(its, [v - boundary for v in trace], color=colour, lw=1.1)
             crossed.append(boundary)
-    low, high = min(min(offsets), -0.6), max(max(offsets), 0.6)
+    # Offsets beyond the grid's span are weights beyond the grid (or a diverged run): the axis stops at the span.
+    span = qmax - qmin + 1
+    low, high = max(min(min(offsets), -0.6), -span), min(max(max(offsets), 0.6), span)
     for k in range(math.floor(low), math.ceil(high) + 1):
         ax.axhline(k, color="0.6", ls=":", lw=0.8, gid="level", label="quantization level" if k == 0 else None)
         if low <= k + 0.5 <= high:

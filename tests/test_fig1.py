@@ -225,3 +225,17 @@ def test_figure_command_writes_png_and_refuses_runs_without_traces(tmp_path, mon
     assert proc.stderr.strip().splitlines() == [
         f"error: run table5/mobilenetv2/lsq/w3a3/s0 ({old}) logged no Fig. 1 traces (fig1/w_over_s); it has the old "
         f"fixed-layer traces (fig1/w2_ch0/*): retrain it"]
+
+
+def test_figure_of_a_diverged_run_stops_its_axis_at_the_grid(tmp_path, fig1_module, monkeypatch):
+    """A run whose step collapsed (w/s ~ 1e7) drew one line per level up to 1e7: the figure never finished."""
+    pytest.importorskip("matplotlib")
+    import matplotlib
+    matplotlib.use("Agg")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    record = fake_record()
+    record["fig1/w_over_s"] = [[-2.5e7 + i, 1.5e7, 0.3] for i in range(30)]
+    run = fig1_module.load_run(write_run(tmp_path, "scalegrad+ead+afw", record, {"preset": "smoke"}))
+    traces = sorted(fig1_module.draw([run]).axes, key=lambda a: a.get_subplotspec().rowspan.start)[1]
+    assert len([line for line in traces.get_lines() if line.get_gid() == "boundary"]) <= 2 * 8
+    assert traces.get_ylim()[0] >= -8.1 and traces.get_ylim()[1] <= 8.1
