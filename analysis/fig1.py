@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from qat.logging.run_reader import RunRecord, by_name, read_local_runs  # noqa: E402
 
+NEAR_BOUNDARY = 0.05  # (b) zoom: weights whose w/s comes this close to a bin boundary
 RECIPE_NAMES = {"scalegrad+ead+afw": "ours (ScaleGrad+EAD+AFW)", "ours": "ours (ScaleGrad+EAD+AFW)", "lsq": "LSQ"}
 
 
@@ -117,8 +118,9 @@ def codes(trace: list[float], qmin: int, qmax: int) -> list[int]:
 def draw_traces(ax, ax_zoom, run: Fig1Run) -> None:
     """(b): each weight's w/s relative to its level at the window's start, so that every trace shares the bin
     boundaries (±0.5, ±1.5, …) however far apart the levels are; a dot marks each change of its integer code.
-    (b, zoom): the weights whose code changed, as w/s minus the boundary they crossed: oscillations of a latent
-    weight are often far smaller than a step, invisible at (b)'s scale."""
+    (b, zoom): the weights that changed code or came within NEAR_BOUNDARY of a boundary, as w/s minus that boundary
+    (the one first crossed, else the nearest): a latent weight's oscillation is often far smaller than a step,
+    invisible at (b)'s scale."""
     import matplotlib.pyplot as plt
 
     d, (qmin, qmax) = run.data, run.levels
@@ -137,8 +139,12 @@ def draw_traces(ax, ax_zoom, run: Fig1Run) -> None:
         ax.plot([its[i] for i in changes], [trace[i] - start for i in changes], "o", color=colour, ms=3)
         if changes:
             boundary = (code[changes[0] - 1] + code[changes[0]]) / 2
+        else:
+            boundary = min(boundaries(qmin, qmax), key=lambda b: min(abs(v - b) for v in trace))
+        if changes or min(abs(v - boundary) for v in trace) < NEAR_BOUNDARY:
             ax_zoom.plot(its, [v - boundary for v in trace], color=colour, lw=1.1)
-            crossed.append(boundary)
+            ax_zoom.plot([its[i] for i in changes], [trace[i] - boundary for i in changes], "o", color=colour, ms=3)
+            crossed.append(bool(changes))
     # Offsets beyond the grid's span are weights beyond the grid (or a diverged run): the axis stops at the span.
     span = qmax - qmin + 1
     low, high = max(min(min(offsets), -0.6), -span), min(max(max(offsets), 0.6), span)
@@ -154,13 +160,14 @@ def draw_traces(ax, ax_zoom, run: Fig1Run) -> None:
     ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     if crossed:
         ax_zoom.axhline(0, color="0.2", ls="--", lw=0.9, gid="boundary")
-        ax_zoom.set_title(f"(b) zoom: the {len(crossed)} weights that changed code, around the boundary crossed",
+        ax_zoom.set_title(f"(b) zoom: {len(crossed)} weights near a boundary ({sum(crossed)} changed code), "
+                          f"w/s − that boundary",
                           fontsize=10)
         ax_zoom.set(xlabel="iteration", ylabel="w/s − boundary")
         ax_zoom.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     else:
         ax_zoom.set_axis_off()
-        ax_zoom.text(0.5, 0.5, "(b) zoom: no traced weight changed its code in the window", ha="center",
+        ax_zoom.text(0.5, 0.5, f"(b) zoom: no traced weight came within {NEAR_BOUNDARY} of a boundary", ha="center",
                      va="center", transform=ax_zoom.transAxes, fontsize=10)
 
 

@@ -202,7 +202,7 @@ def test_figure_draws_lsq_beside_ours_with_boundaries_legend_and_a_named_title(t
         legend = [t.get_text() for t in traces.get_legend().get_texts()]
         assert len(legend) == 5 and "bin boundary" in legend and "quantization level" in legend
         assert legend[0].startswith("w[30]") and "14 osc." in legend[0]
-        assert "changed code" in zoom.get_title()         # the weight crossing 0.5 back and forth, zoomed
+        assert "1 weights near a boundary (1 changed code)" in zoom.get_title()  # the one crossing 0.5, zoomed
         assert [line for line in zoom.get_lines() if line.get_gid() == "boundary"]
         # (c): weight and activation steps on axes of their own, so neither hides the other
         assert len(weight_step.get_lines()) == len(act_step.get_lines()) == 1
