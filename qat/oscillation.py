@@ -128,15 +128,3 @@ def loaded_codes(codes: torch.Tensor | None) -> torch.Tensor | None:
     """`stored_codes` undone: codes back in float32, as the quantizer computes them."""
     return codes.to(torch.float32) if codes is not None and not codes.is_floating_point() else codes
 
-
-@torch.no_grad()
-def bin_position_histogram(model, bins: int = 50) -> dict:
-    """Fig. 1(a): the 2nd quantized layer's latent weights by position within their bin, v − round(v), v = w/s."""
-    from .modules import quant_layers
-    layers = [layer for _, layer in quant_layers(model)]
-    if len(layers) < 2:
-        return {}
-    second = layers[1]
-    v = (second.weight / second.weight_quant.step).detach().flatten()
-    counts = torch.histc((v - torch.round(v)).float(), bins=bins, min=-0.5, max=0.5)
-    return {"fig1a/bin_position_counts": counts.tolist()}

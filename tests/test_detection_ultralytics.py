@@ -97,8 +97,10 @@ def test_smoke_qat_run_reports_map(tiny_data, tmp_path):
     for key in ("fp_map", "fp_map_prologue", "init_map", "map_trained", "map", "map50"):
         assert 0.0 <= r[key] <= 100.0, key
     assert r["prologue/bn_folded"] == 57
-    second = [layer for _, layer in quant_layers(trainer.model)][1]  # Fig. 1(a): every weight of the 2nd layer binned
-    assert sum(r["fig1a/bin_position_counts"]) == second.weight.numel()
+    from qat.logging.fig1_traces import Fig1TraceHook
+    fig1 = next(h for h in trainer.hooks if isinstance(h, Fig1TraceHook))  # Fig. 1: the last iteration recorded
+    traced = dict(quant_layers(trainer.model))[fig1.choice.layer]
+    assert fig1.iterations == [2] and sum(fig1.hist) == traced.weight.numel()
     assert trainer.state.iteration == trainer.state.total_iterations == 2
     assert (trainer.wdir / "qat_last.pt").is_file() and (trainer.wdir / "qat_trained.pt").is_file()
     # the step sizes are in the SGD group without weight decay

@@ -237,12 +237,13 @@ def test_config_valid_and_dry_run_orders_parents_first(path, tmp_path, monkeypat
         assert models == set(cfg["models"])
         recipes = getattr(maker, "RECIPES", None) or [r[0] for r in maker.ROWS]
         assert set(recipes) <= set(cfg["recipes"])
-    else:  # fig1 draws Table I's runs
+    else:  # fig1 draws Table V's runs: LSQ beside ours
         assert path.parent.name == "fig1_oscillation"
-        t1 = load_config(REPO / "experiments" / "table1_freeze" / "config.yaml")
-        assert cfg["table"] == t1["table"] == "table1"
+        t5 = load_config(REPO / "experiments" / "table5_ablation" / "config.yaml")
+        assert cfg["table"] == t5["table"] == "table5"
         for key in ("models", "recipes", "bits"):
-            assert set(cfg[key]) <= set(t1[key]), key
+            assert set(cfg[key]) <= set(t5[key]), key
+        assert {"lsq", "scalegrad+ead+afw"} <= set(cfg["recipes"])
 
     # `python -m qat.experiments <config> --dry-run --preset smoke`, in this process (the fig1 run.sh test below
     # runs the module through its command line)
@@ -268,7 +269,8 @@ def test_config_valid_and_dry_run_orders_parents_first(path, tmp_path, monkeypat
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fig. 1's run.sh: launcher (dry run here), then analysis/fig1.py per model; a missing run is reported clearly
+# Fig. 1's run.sh: launcher (dry run here), then analysis/fig1.py per model, LSQ beside ours; a missing run is
+# reported clearly
 # ---------------------------------------------------------------------------------------------------------------
 def test_fig1_run_sh_draws_present_runs_and_reports_missing(tmp_path):
     pytest.importorskip("matplotlib")
@@ -279,31 +281,26 @@ def test_fig1_run_sh_draws_present_runs_and_reports_missing(tmp_path):
     writer = f"""
 import sys
 from pathlib import Path
+sys.path.insert(0, "tests")
+from test_fig1 import fake_record
 from qat.logging import RunLogger, run_tags
 root = Path(sys.argv[1])
-name = "table1/mobilenetv2/lsq/w4a4/s0"
-lg = RunLogger(root / name, name=name, group="table1", tags=run_tags("mobilenetv2", "lsq", 4), config={{}})
-for it in range(10):
-    lg.log({{f"fig1/w2_ch0/{{j}}": 0.1 * j + 0.01 * (it % 2) for j in range(3)}}, step=it)
-lg.summary({{"top1": 80.0, "fp_top1": 85.0, "fig1a/bin_position_counts": [5, 3, 2, 2, 3, 5]}})
-lg.finish()
-name = "table1/mobilenetv2/lsq-freeze-weights/w4a4/s0"
-lg = RunLogger(root / name, name=name, group="table1", tags=run_tags("mobilenetv2", "lsq-freeze-weights", 4),
-               config={{}})
-for it in range(10):
-    lg.log({{"fig1c/weight_step": 0.1 + 0.001 * (it % 3), "fig1c/act_step": 0.2 - 0.001 * (it % 2)}}, step=it)
-lg.summary({{"top1": 79.0}})
-lg.finish()
-# YOLOv8-n's LSQ run exists only in Table V, with the configuration Table I would give it: the launcher reuses
+for recipe in ("lsq", "scalegrad+ead+afw"):
+    name = f"table5/mobilenetv2/{{recipe}}/w4a4/s0"
+    lg = RunLogger(root / name, name=name, group="table5", tags=run_tags("mobilenetv2", recipe, 4),
+                   config={{"preset": root.name}})
+    lg.log(fake_record(), step=100)
+    lg.summary({{"top1": 80.0, "fp_top1": 85.0}})
+    lg.finish()
+# YOLOv8-n's LSQ run exists only in Table I, with the configuration Table V would give it: the launcher reuses
 # it, and so must the figure.
 from dataclasses import asdict
 from qat.detection.train import DetectionConfig
-name = "table5/yolov8n/lsq/w4a4/s0"
-det = asdict(DetectionConfig(model="yolov8n", recipe="lsq", bits=4, seed=0, preset=root.name, table="table5"))
-lg = RunLogger(root / name, name=name, group="table5", tags=run_tags("yolov8n", "lsq", 4),
+name = "table1/yolov8n/lsq/w4a4/s0"
+det = asdict(DetectionConfig(model="yolov8n", recipe="lsq", bits=4, seed=0, preset=root.name, table="table1"))
+lg = RunLogger(root / name, name=name, group="table1", tags=run_tags("yolov8n", "lsq", 4),
                config={{"detection_config": det}})
-for it in range(10):
-    lg.log({{f"fig1/w2_ch0/{{j}}": 0.1 * j - 0.01 * (it % 2) for j in range(3)}}, step=it)
+lg.log(fake_record(), step=100)
 lg.summary({{"map": 20.0}})
 lg.finish()
 (root / name / "result.json").write_text("{{}}")
@@ -313,19 +310,34 @@ lg.finish()
     assert proc.returncode == 0, proc.stderr
     proc = subprocess.run(["bash", "experiments/fig1_oscillation/run.sh", "--dry-run"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout + proc.stderr  # yolov8n's frozen-weights run is missing
-    assert "[fig1] yolov8n: missing run table1/yolov8n/lsq-freeze-weights/w4a4/s0" in proc.stderr
-    assert "[table1] preset smoke: 4 runs" in proc.stdout  # the launcher ran on Table I's config
-    for model in ("mobilenetv2", "yolov8n"):  # yolov8n's (a), (b) from the reused Table V run
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # yolov8n's ours run is missing
+    assert "[fig1] yolov8n: missing run table5/yolov8n/scalegrad+ead+afw/w4a4/s0" in proc.stderr
+    assert "[table5] preset smoke: 6 runs" in proc.stdout  # the launcher ran on the figure's config
+    for model in ("mobilenetv2", "yolov8n"):  # yolov8n's LSQ column from the reused Table I run
         for ext in ("png", "pdf"):
-            assert (tmp_path / "fig" / f"fig1_{PRESET}_{model}.{ext}").stat().st_size > 0
+            assert (tmp_path / "fig" / f"fig1_{PRESET}_{model}_w4a4.{ext}").stat().st_size > 0
 
-    shutil.rmtree(runs_root / PRESET / "table5")  # no run anywhere: reported, no figure
+    shutil.rmtree(runs_root / PRESET / "table1")  # no run anywhere: reported, no figure
     shutil.rmtree(tmp_path / "fig")
     proc = subprocess.run(["bash", "experiments/fig1_oscillation/run.sh", "--dry-run"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "[fig1] yolov8n: missing run table1/yolov8n/lsq/w4a4/s0" in proc.stderr
+    assert proc.returncode == 1 and "[fig1] yolov8n: missing run table5/yolov8n/lsq/w4a4/s0" in proc.stderr
+    assert "[fig1] yolov8n: no run to draw at w4a4; no figure." in proc.stderr
     assert not list((tmp_path / "fig").glob("fig1_*yolov8n*"))
+
+
+def test_launcher_default_jobs_one_per_core_on_cpu_one_on_gpu(monkeypatch):
+    import torch
+
+    from qat.experiments import default_jobs
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_jobs("auto") == 2 and default_jobs("cpu") == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_jobs("cpu") == 4  # capped: more single-threaded runs only compete for memory bandwidth
+    assert default_jobs("cuda") == default_jobs("cuda:1") == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_jobs("auto") == 1 and default_jobs("cpu") == 4
 
 
 def test_launcher_default_jobs_one_per_core_on_cpu_one_on_gpu(monkeypatch):

@@ -1,55 +1,58 @@
 #!/usr/bin/env bash
-# Fig. 1 (oscillations in LSQ training) from Table I's runs: trains what Table I's config needs (runs are shared
-# with experiments/table1_freeze: a finished run is skipped), then draws one figure per model of
-# experiments/fig1_oscillation/config.yaml with analysis/fig1.py into analysis/out/fig1_<preset>_<model>.{png,pdf}
-# (FIG1_OUT overrides the folder):
-# (a), (b) from the lsq run, (c) from the lsq-freeze-weights run (or the identical runs of other tables they reuse).
+# Fig. 1 (oscillations: LSQ beside ours) from Table V's runs: trains what experiments/fig1_oscillation/config.yaml
+# needs (runs are shared with experiments/table5_ablation: a finished run is skipped), then draws one figure per
+# model and bits of that config with analysis/fig1.py into analysis/out/fig1_<preset>_<model>_w<b>a<b>.{png,pdf}
+# (FIG1_OUT overrides the folder). Each run's oscillation trackers chose the layer and weights it traced.
 # PRESET=smoke|proxy|proxy-long|proxy-gpu|paper (default proxy), SEEDS (the first one is drawn), DEVICE, MODELS, JOBS,
 # WANDB_MODE (default offline).
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
 source scripts/setup.sh || exit 1
-python -m qat.experiments experiments/table1_freeze/config.yaml "$@"
+CONFIG=experiments/fig1_oscillation/config.yaml
+python -m qat.experiments "$CONFIG" "$@"
 status=$?
 (( status == 2 )) && exit 2  # the launcher refused its input and ran nothing: no figure either
 PRESET="${PRESET:-proxy}"
-RUNS="${QAT_RUNS:-$REPO/runs}/$PRESET/table1"
-read -r -a FIG_MODELS <<< "$(python -c "import yaml; c = yaml.safe_load(open('experiments/fig1_oscillation/config.yaml')); print(' '.join(c['models']))")"
+RUNS="${QAT_RUNS:-$REPO/runs}/$PRESET/table5"
+read -r -a FIG_MODELS <<< "$(python -c "import yaml; c = yaml.safe_load(open('$CONFIG')); print(' '.join(c['models']))")"
+read -r -a FIG_BITS <<< "$(python -c "import yaml; c = yaml.safe_load(open('$CONFIG')); print(' '.join(map(str, c['bits'])))")"
 [[ -n "${MODELS:-}" ]] && read -r -a FIG_MODELS <<< "${MODELS//,/ }"
 SEED="$(echo "${SEEDS:-0}" | tr ',' ' ' | awk '{print $1}')"
 OUT="${FIG1_OUT:-$REPO/analysis/out}"
-has_run() { [[ -d "$1" ]] && [[ -n "$(find "$1" -name 'run-*.wandb' -print -quit 2>/dev/null)" ]]; }
-# Table I's run directories of a model (lsq, then lsq-freeze-weights), or the identical runs of other tables
-# that the launcher reused instead.
+# The run directories of LSQ and ours for a model and bits: Table V's own, or the identical runs of other tables
+# that the launcher reused instead; a line "missing <recipe> <dir>" for each that has no W&B run.
 runs_of() {
-  python - "$PRESET" "$RUNS" "$1" "$SEED" <<'PY'
+  python - "$PRESET" "$RUNS" "$1" "$2" "$SEED" <<'PY'
 import sys
 from pathlib import Path
 from qat.run_reuse import find_identical_run
-preset, runs, model, seed = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-for recipe in ("lsq", "lsq-freeze-weights"):
-    own = runs / model / recipe / "w4a4" / f"s{seed}"
-    has_run = any(own.rglob("run-*.wandb")) if own.is_dir() else False
-    print(own if has_run else find_identical_run(preset, "table1", model, recipe, 4, seed) or own)
+preset, runs, model, bits, seed = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+for recipe in ("lsq", "scalegrad+ead+afw"):
+    own = runs / model / recipe / f"w{bits}a{bits}" / f"s{seed}"
+    found = own if own.is_dir() and any(own.rglob("run-*.wandb")) else find_identical_run(preset, "table5", model,
+                                                                                          recipe, bits, seed)
+    print(f"run {found}" if found else f"missing {recipe} {own}")
 PY
 }
 for model in "${FIG_MODELS[@]}"; do
-  { read -r run; read -r frozen; } < <(runs_of "$model")
-  if ! has_run "$run"; then
-    echo "[fig1] $model: missing run table1/$model/lsq/w4a4/s$SEED (no W&B run under $run);" \
-         "it failed or was not trained — see $RUNS/logs/. No figure for $model." >&2
-    status=1
-    continue
-  fi
-  args=(--run "$run" --out "$OUT/fig1_${PRESET}_${model}")
-  if has_run "$frozen"; then
-    args+=(--freeze-run "$frozen")
-  else
-    echo "[fig1] $model: missing run table1/$model/lsq-freeze-weights/w4a4/s$SEED (under $frozen);" \
-         "drawing panels (a) and (b) only." >&2
-    status=1
-  fi
-  python analysis/fig1.py "${args[@]}" || { echo "[fig1] $model: analysis/fig1.py failed" >&2; status=1; }
+  for bits in "${FIG_BITS[@]}"; do
+    args=()
+    while read -r kind a b; do
+      if [[ "$kind" == run ]]; then
+        args+=(--run "$a")
+      else
+        echo "[fig1] $model: missing run table5/$model/$a/w${bits}a${bits}/s$SEED (no W&B run under $b);" \
+             "it failed or was not trained — see $RUNS/logs/." >&2
+        status=1
+      fi
+    done < <(runs_of "$model" "$bits")
+    if [[ ${#args[@]} -eq 0 ]]; then
+      echo "[fig1] $model: no run to draw at w${bits}a${bits}; no figure." >&2
+      continue
+    fi
+    python analysis/fig1.py "${args[@]}" --out "$OUT/fig1_${PRESET}_${model}_w${bits}a${bits}" \
+      || { echo "[fig1] $model: analysis/fig1.py failed" >&2; status=1; }
+  done
 done
 exit $status

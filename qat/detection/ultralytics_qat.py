@@ -48,7 +48,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from ..hooks import TrainState
 from ..modules import quant_layers, set_gradient_mode, step_parameters
-from ..oscillation import bin_position_histogram
+from ..logging.fig1_traces import Fig1TraceHook
 from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
 from ..recipes import MethodConfig, get_recipe, make_hooks, make_post_steps
 from .coco_eval import coco_map, load_coco
@@ -333,14 +333,13 @@ class QATDetectionTrainer(DetectionTrainer):
         if self.epochs > 1 and run.ead_fraction > 0:
             self.tau_epoch = min(self.tau_epoch, self.epochs - 1)  # keep at least one EAD epoch
         tau = self.tau_epoch * batches
-        self.hooks = make_hooks(get_recipe(run.recipe), run.bits, tau, run.methods)
+        self.hooks = make_hooks(get_recipe(run.recipe), run.bits, tau, run.methods) + [Fig1TraceHook(run.fig1_iterations)]
         self.post_steps = make_post_steps(get_recipe(run.recipe), _with_budgets(run.methods))
         self.state = TrainState(model=model, total_iterations=total)
         for h in self.hooks:
             h.on_train_start(self.state)
         model.qat_extra_loss = _ExtraLoss(self.hooks, self.state)
         self._steps = step_parameters(model)
-        self._fig1_layers = [layer for _, layer in quant_layers(model)][:3]
         if run.init_from is not None:
             self._load_qat_checkpoint(*run.init_from)
         elif self.report:
@@ -401,8 +400,6 @@ class QATDetectionTrainer(DetectionTrainer):
         for h in self.hooks:
             h.after_optimizer_step(st)
         st.iteration += 1
-        if st.iteration > st.total_iterations - self.run_spec.fig1_iterations and RANK in {-1, 0}:
-            self._log_fig1_trace()
         self._check_stop()
 
     def _check_stop(self):
@@ -413,18 +410,6 @@ class QATDetectionTrainer(DetectionTrainer):
         it = self.state.iteration if self.state is not None else None
         if n is not None and it is not None and it >= n:
             self.stop = True
-
-    @torch.no_grad()
-    def _log_fig1_trace(self):
-        """Fig. 1 (b), (c): 2nd quantized layer's first-channel latent weights (in step units), 3rd's steps."""
-        if len(self._fig1_layers) < 3 or self.logger is None:
-            return
-        second, third = self._fig1_layers[1], self._fig1_layers[2]
-        w = (second.weight[0].flatten()[:16] / second.weight_quant.step.flatten()[0]).tolist()
-        trace = {f"fig1/w2_ch0/{j}": v for j, v in enumerate(w)}
-        trace["fig1/s3_weight"] = float(third.weight_quant.step.flatten()[0])
-        trace["fig1/s3_act"] = float(third.input_quant.step)
-        self.log(trace, step=self.state.iteration)
 
     def _handle_nan_recovery(self, epoch):
         # Ultralytics would reload its FP16 EMA checkpoint; we stop with a clear message instead.
@@ -557,7 +542,6 @@ class QATDetectionTrainer(DetectionTrainer):
                 for h in self.hooks:
                     self.results.update({k: v for k, v in h.epoch_metrics(self.state).items()
                                          if not k.startswith("osc/") or k == "osc/fraction_oscillating"})
-                self.results.update(bin_position_histogram(model))  # Fig. 1(a), before the post steps
                 task = DetectionTask(self)
                 for post in self.post_steps:
                     LOGGER.info(f"[qat] {run.name}: post step {post.name}")

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 from ..config import FP_TABLE, RunConfig, check_fp_budgets, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
+from ..logging.fig1_traces import Fig1TraceHook
 from ..loop import qat_step
 from ..models import build_model
 from ..modules import quant_layers, set_gradient_mode, step_parameters
-from ..oscillation import bin_position_histogram
 from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
 from ..recipes import get_recipe, make_hooks, make_post_steps
 from . import checkpoint as ckpt
@@ -331,7 +331,7 @@ class Trainer:
         iters_per_epoch = len(self.train_data)
         total_iterations = epochs * iters_per_epoch
         tau = tau_epoch * iters_per_epoch
-        hooks = [] if c.is_fp else make_hooks(recipe, c.bits, tau, c.methods)
+        hooks = [] if c.is_fp else make_hooks(recipe, c.bits, tau, c.methods) + [Fig1TraceHook(c.fig1_iterations)]
         optimizer, scheduler = self.make_optimizer(model, epochs)
         state = TrainState(model=model, total_iterations=total_iterations)
         for h in hooks:
@@ -443,8 +443,6 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
-        fig1_from = state.total_iterations - c.fig1_iterations
-        layers = [layer for _, layer in quant_layers(model)]
         bar = tqdm(self.train_data.epoch(epoch), total=len(self.train_data), leave=False,
                    disable=not is_main() or os.environ.get("TQDM_DISABLE", "") not in ("", "0"),
                    desc=f"{c.recipe} ep {epoch + 1}/{epochs}", dynamic_ncols=True)
@@ -457,8 +455,6 @@ class Trainer:
             if batch_correct is not None:
                 correct += batch_correct
             seen += n
-            if layers and len(layers) >= 3 and state.iteration > fig1_from and is_main():
-                self.log_fig1_trace(layers, state.iteration)
             if (i + 1) % c.log_every == 0 or i + 1 == len(self.train_data):
                 running = float(loss_sum) / seen  # a host sync, only every log_every iterations
                 if not math.isfinite(running):
@@ -474,16 +470,6 @@ class Trainer:
         if batch_correct is not None:
             out["train/top1"] = 100 * correct_total / seen_total
         return out
-
-    @torch.no_grad()
-    def log_fig1_trace(self, layers, iteration: int):
-        """Fig. 1 (b), (c): 2nd layer's first-channel latent weights (in step units), 3rd layer's steps."""
-        second, third = layers[1], layers[2]
-        w = (second.weight[0].flatten()[:16] / second.weight_quant.step.flatten()[0]).tolist()
-        trace = {f"fig1/w2_ch0/{j}": v for j, v in enumerate(w)}
-        trace["fig1/s3_weight"] = float(third.weight_quant.step.flatten()[0])
-        trace["fig1/s3_act"] = float(third.input_quant.step)
-        self.log(trace, step=iteration)
 
     def step_size_metrics(self, model) -> dict:
         out = {}
@@ -513,7 +499,6 @@ class Trainer:
             for h in hooks:
                 result.update({k: v for k, v in h.epoch_metrics(state).items() if not k.startswith("osc/") or
                                k == "osc/fraction_oscillating"})
-            result.update(bin_position_histogram(model))
             task = ClassificationTask(self)
             post_steps = make_post_steps(get_recipe(c.recipe), self._post_cfg())
             for post in post_steps:
