@@ -1,6 +1,7 @@
 """Table II: our method against QAT baselines (LSQ, PerChannel, Damp, RedYolo; plus Nagel's iterative Freeze,
 which the paper does not report) on four detectors and four classifiers, W4A4 and W3A3."""
-from common import OURS_NOTE, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values, write_outputs
+from common import (OURS_NOTE, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values,
+                    table_preset, write_outputs)
 
 TABLE = "table2"
 BITS = [4, 3]
@@ -39,7 +40,8 @@ def main(argv=None):
         notes.append("Rows with Source 'paper': the paper's Table II (ImageNet-1k top-1 / COCO mAP; "
                      "tables/paper_results.yaml); empty where the paper has no number.")
     notes += reuse_notes(runs, TABLE)
-    write_outputs(TABLE, header, rows, args.out, "Table II — comparison with QAT baselines", notes)
+    write_outputs(TABLE, header, rows, args.out, "Table II — comparison with QAT baselines", notes,
+                  table_preset(runs, args.preset))
 
 
 if __name__ == "__main__":
