@@ -184,7 +184,7 @@ def main(argv=None) -> int:
         tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
         fp_cmd = [sys.executable, "-m", "qat.detection" if model in DETECTORS else "qat.train",
                   "--model", model, "--recipe", "fp", "--preset", args.preset,
-                  "--table", FP_TABLE, "--device", args.device, "--resume", "--no-wandb"]
+                  "--table", FP_TABLE, "--device", args.device, "--resume"]
         t0 = time.time()
         with open(log_dir / f"fp__{model}.log", "a") as f:
             proc = subprocess.run(fp_cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=job_env)

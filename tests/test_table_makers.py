@@ -301,7 +301,8 @@ from qat.detection.train import DetectionConfig
 name = "table5/yolov8n/lsq/w4a4/s0"
 det = asdict(DetectionConfig(model="yolov8n", recipe="lsq", bits=4, seed=0, preset=root.name, table="table5"))
 lg = RunLogger(root / name, name=name, group="table5", tags=run_tags("yolov8n", "lsq", 4),
-               config={{"detection_config": det}})
+               config={{"table": "table5", "model": "yolov8n", "recipe": "lsq", "bits": 4, "seed": 0,
+                        "preset": root.name, "options": {{"detection_config": det}}}})
 for it in range(10):
     lg.log({{f"fig1/w2_ch0/{{j}}": 0.1 * j - 0.01 * (it % 2) for j in range(3)}}, step=it)
 lg.summary({{"map": 20.0}})
