@@ -113,7 +113,10 @@ def test_an_epoch_without_validation_logs_the_schema_and_no_val_metric(tiny_data
     from qat.logging.run_reader import read_local_runs
     from qat.logging.schema import CONFIG_KEYS, EPOCH_METRICS, PROLOGUE_METRICS, unknown_metrics
 
+    import qat.detection.ultralytics_qat as ultralytics_qat
+
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(ultralytics_qat, "LOG_EVERY", 1)  # the running loss at every step, as well as every epoch
     run = DetectionRun(recipe="lsq", bits=4, prologue=NO_DATA_PREP, name="t/yolov8n/lsq/w4a4/s0", group="t")
     trainer = run_trainer(tiny_data, tmp_path, run, epochs=2, val=False)  # Ultralytics validates the last epoch
     trainer.train()
@@ -127,6 +130,7 @@ def test_an_epoch_without_validation_logs_the_schema_and_no_val_metric(tiny_data
     assert rows[2]["val/metric"] == trainer.results["map_trained"]
     names = {k for row in rec.history for k in row}
     assert unknown_metrics(names, "detection") == set() and set(PROLOGUE_METRICS) <= names
+    assert [row["_step"] for row in rec.history if "train/loss_running" in row] == [1, 2, 3, 4]
 
 
 def test_ead_fires_after_tau_in_the_detection_trainer(tiny_data, tmp_path):

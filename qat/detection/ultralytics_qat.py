@@ -214,7 +214,6 @@ class QATDetectionTrainer(DetectionTrainer):
         self.tau_epoch = None
         self._val_at: tuple[int, dict] | None = None  # (iteration, mAPs) of the live model's last validation
         self._validated = False  # whether this epoch validated (else it logs no val/ key)
-        self._optimizer_steps = 0
 
     # ----------------------------------------------------------------------------------- logging
     def _open_logger(self):
@@ -397,11 +396,10 @@ class QATDetectionTrainer(DetectionTrainer):
         super()._do_train()
 
     def optimizer_step(self):
-        self._optimizer_steps += 1
-        if self._optimizer_steps % LOG_EVERY == 0 and self.tloss is not None:
-            # FP: the step counts batches, as the epoch rows' step does (log())
-            step = None if self.state is not None else self._optimizer_steps * self.accumulate
-            self.log({"train/loss_running": _loss_total(self.tloss)}, step=step)
+        # QAT: the running loss every LOG_EVERY steps (at the hooks' iteration t, the rows' step); every run also
+        # logs it in each epoch's row (save_metrics)
+        if self.state is not None and (self.state.iteration + 1) % LOG_EVERY == 0 and self.tloss is not None:
+            self.log({"train/loss_running": _loss_total(self.tloss)}, step=self.state.iteration + 1)
         if self.run_spec.is_fp:
             super().optimizer_step()
             self._check_stop()
