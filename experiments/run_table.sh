@@ -13,5 +13,10 @@ python -m qat.experiments "experiments/$experiment/config.yaml" "$@"
 status=$?
 # Exit 2: the launcher refused its input (config, SEEDS, ...) and ran nothing; the table stays as it was.
 (( status == 2 )) && exit 2
-python "tables/make_table$table.py" || exit 1
+# The table of the preset launched ($PRESET or a --preset argument), into tables/out/<preset>/.
+preset="${PRESET:-proxy}" args=("$@")
+for i in "${!args[@]}"; do
+  case "${args[i]}" in --preset) preset="${args[i+1]:-$preset}" ;; --preset=*) preset="${args[i]#--preset=}" ;; esac
+done
+python "tables/make_table$table.py" --preset "$preset" || exit 1
 exit $status

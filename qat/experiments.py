@@ -180,7 +180,7 @@ def main(argv=None) -> int:
         tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
         fp_cmd = [sys.executable, "-m", "qat.detection" if model in DETECTORS else "qat.train",
                   "--model", model, "--recipe", "fp", "--preset", args.preset,
-                  "--table", FP_TABLE, "--device", args.device, "--resume", "--no-wandb"]
+                  "--table", FP_TABLE, "--device", args.device, "--resume"]
         t0 = time.time()
         progress.start(f"FP {model}")
         with open(log_dir / f"fp__{model}.log", "a") as f:

@@ -6,7 +6,7 @@ experiment when their configurations agree on everything that changes training. 
 (qat/experiments.py) then does not train the cell again, and the table makers (tables/common.py) fill
 the cell from the other table's run.
 
-The rule (`training_identity`): a run's W&B config minus the keys in IGNORED_KEYS (naming, output,
+The rule (`training_identity`): a run's `options` (W&B config) minus the keys in IGNORED_KEYS (naming, output,
 resuming, hardware, logging, code version), removed at every nesting level; integral floats count as
 ints (2000.0 = 2000). For a detection run (its config has `detection_config`) only `detection_config`
 counts: it holds every option the run was given; `detection_run` and `ultralytics_args` are derived
@@ -27,6 +27,7 @@ from typing import Any
 
 from .config import FP_TABLE, RunConfig, run_name, runs_root
 from .logging.run_reader import RunRecord, read_local_runs
+from .logging.schema import OPTIONS_KEY
 
 IGNORED_KEYS = frozenset({"table", "out", "resume", "device", "wandb", "workers", "log_every", "git_commit",
                           "name", "group", "tags", "project", "save_dir"})
@@ -45,15 +46,22 @@ def _strip(value: Any) -> Any:
 
 def training_identity(config: dict) -> str:
     """Canonical JSON of what in `config` changes training (see the module docstring)."""
+    config = options_of(config)
     if "detection_config" in config:
         config = config["detection_config"]
     return json.dumps(_strip(config), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def options_of(config: dict) -> dict:
+    """A run's options: the `options` of a logged W&B config; a config built here (default_config) is one."""
+    return config.get(OPTIONS_KEY, config)
 
 
 def budgets_as_now(config: dict) -> bool:
     """Whether a detection run's recorded DET_PRESETS budgets (`preset_values`) are its preset's budgets now.
     They are not part of `training_identity` (module docstring), so `trains_as` checks them apart; a run that
     recorded none, and every non-detection run, counts as current."""
+    config = options_of(config)
     if "detection_config" not in config or "preset_values" not in config:
         return True
     from .detection.train import DET_PRESETS
@@ -85,6 +93,7 @@ def default_config(preset: str, table: str, model: str, recipe: str, bits: int, 
     if model not in DETECTORS:
         return RunConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=preset, table=table).to_dict()
     if like is not None:
+        like = options_of(like)
         inner = "detection_config" in like
         cfg = dict(like["detection_config"] if inner else like, bits=bits, seed=seed)
         return {"detection_config": cfg} if inner else cfg

@@ -1,9 +1,13 @@
 """Shared code of the table makers: read runs (local W&B files or the W&B API), aggregate seeds,
-render Markdown / LaTeX / CSV. A cell is filled only from finished runs; otherwise it says "missing"."""
+render Markdown / LaTeX / CSV. A cell is filled only from finished runs; otherwise it says "missing".
+
+Each preset's tables go to their own folder (`tables/out/<preset>/`) and name the preset in their title, so a
+smoke run never overwrites a proxy table."""
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import sys
 from collections import Counter
@@ -27,12 +31,28 @@ MISSING = "missing"
 
 def parse_args(table: str, argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=f"Regenerate {table} from the W&B logs of its runs.")
-    p.add_argument("--runs", type=Path, default=None, help="local directory with W&B run dirs (default: runs/)")
-    p.add_argument("--preset", default=None, help="which preset's runs (default: $PRESET or proxy)")
+    p.add_argument("--runs", type=Path, default=None, help="local directory with W&B run dirs "
+                   "(default: runs/<preset>/<table>)")
+    p.add_argument("--preset", default=None, help="which preset's runs (default: the <preset> of --runs "
+                   "<preset>/<table>, else $PRESET, else proxy)")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs through the W&B API instead")
     p.add_argument("--with-paper", action="store_true", help="show the paper's reported numbers beside ours")
-    p.add_argument("--out", type=Path, default=REPO / "tables" / "out")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: tables/out/<preset>, or $QAT_TABLES_OUT/<preset>)")
+    args = p.parse_args(argv)
+    if args.preset is None:
+        from_runs = args.runs is not None and args.runs.name == table
+        args.preset = args.runs.resolve().parent.name if from_runs else os.environ.get("PRESET") or "proxy"
+    if args.out is None:
+        args.out = Path(os.environ.get("QAT_TABLES_OUT", REPO / "tables" / "out")) / args.preset
+    return args
+
+
+def table_preset(runs: dict, preset: str) -> str:
+    """The preset a table's title names: the one its runs recorded (`preset` in their config), else the preset
+    the maker was asked for (no runs yet)."""
+    recorded = sorted({str(r.config["preset"]) for r in runs.values() if r.config.get("preset")})
+    return ", ".join(recorded) if recorded else preset
 
 
 def load_runs(args, table: str) -> dict:
@@ -43,10 +63,9 @@ def load_runs(args, table: str) -> dict:
     With --runs, other tables are looked for beside it when it is a `<preset>/<table>` directory.
     """
     if args.wandb:
-        records = read_api_runs(args.wandb, filters={"group": table}, history=False)
+        records = read_api_runs(args.wandb, filters={"group": table, "config.preset": args.preset}, history=False)
         return {name: rec for name, rec in by_name(records).items() if rec.group == table}
-    import os
-    preset = args.preset or os.environ.get("PRESET", "proxy")
+    preset = args.preset
     preset_dir = Path(os.environ.get("QAT_RUNS", REPO / "runs")) / preset
     root = args.runs or preset_dir / table
     records = read_local_runs(root, with_history=False) if root.is_dir() else []  # tables read summaries
@@ -173,9 +192,11 @@ def fp_and_bits_cells(runs: dict, table: str, model: str, recipe: str, key: str,
     return cells
 
 
-def write_outputs(name: str, header: list[str], rows: list[list[str]], out: Path, title: str, notes: list[str]):
+def write_outputs(name: str, header: list[str], rows: list[list[str]], out: Path, title: str, notes: list[str],
+                  preset: str):
+    """`name`.md / .tex / .csv in `out`; the title names the preset of the runs."""
     out.mkdir(parents=True, exist_ok=True)
-    md = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md = [f"# {title} ({preset} preset)", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     md += [""] + [f"- {n}" for n in notes]
     (out / f"{name}.md").write_text("\n".join(md) + "\n")

@@ -1,6 +1,7 @@
 """Table I: LSQ training vs. frozen weights with learnable step sizes (W4A4), YOLOv8-n (the paper's model) and
 MobileNetV2 (our classification stand-in)."""
-from common import OURS_NOTE, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values, write_outputs
+from common import (OURS_NOTE, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values,
+                    table_preset, write_outputs)
 
 TABLE = "table1"
 BITS = 4
@@ -40,7 +41,7 @@ def main(argv=None):
                      "(32.1) differs from the LSQ YOLOv8-n number of its Tables II and V (33.1).")
     notes += reuse_notes(runs, TABLE)
     write_outputs(TABLE, header, rows, args.out, "Table I — LSQ vs. frozen weights with learnable step sizes (W4A4)",
-                  notes)
+                  notes, table_preset(runs, args.preset))
 
 
 if __name__ == "__main__":

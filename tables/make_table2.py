@@ -1,7 +1,7 @@
 """Table II: our method against QAT baselines (LSQ, PerChannel, Damp, RedYolo; plus Nagel's iterative Freeze,
 which the paper does not report) on four detectors and four classifiers, W4A4 and W3A3."""
 from common import (OURS_NOTE, claim_notes, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values,
-                    write_outputs)
+                    table_preset, write_outputs)
 
 TABLE = "table2"
 BITS = [4, 3]
@@ -47,7 +47,8 @@ def main(argv=None):
         for b in BITS:
             notes += claim_notes(runs, TABLE, model, label, key, b, CLAIMS)
     notes += reuse_notes(runs, TABLE)
-    write_outputs(TABLE, header, rows, args.out, "Table II — comparison with QAT baselines", notes)
+    write_outputs(TABLE, header, rows, args.out, "Table II — comparison with QAT baselines", notes,
+                  table_preset(runs, args.preset))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Table III: our method (scalegrad+ead+afw) on nine classifiers, W4A4 and W3A3, with each model's parameter count."""
 import yaml
 
-from common import REPO, OURS_NOTE, fp_and_bits_cells, load_runs, parse_args, reuse_notes, write_outputs
+from common import REPO, OURS_NOTE, fp_and_bits_cells, load_runs, parse_args, reuse_notes, table_preset, write_outputs
 
 TABLE = "table3"
 RECIPE = "scalegrad+ead+afw"
@@ -51,7 +51,8 @@ def main(argv=None):
     if args.with_paper:
         notes.append("'paper' columns: the paper's Table III (ImageNet-1k top-1; tables/paper_results.yaml).")
     notes += reuse_notes(runs, TABLE)
-    write_outputs(TABLE, header, rows, args.out, "Table III — our method on classifiers", notes)
+    write_outputs(TABLE, header, rows, args.out, "Table III — our method on classifiers", notes,
+                  table_preset(runs, args.preset))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Table IV: our method (scalegrad+ead+afw) on eight detectors, W4A4 and W3A3."""
 import yaml
 
-from common import REPO, OURS_NOTE, fp_and_bits_cells, load_runs, parse_args, reuse_notes, write_outputs
+from common import REPO, OURS_NOTE, fp_and_bits_cells, load_runs, parse_args, reuse_notes, table_preset, write_outputs
 
 TABLE = "table4"
 RECIPE = "scalegrad+ead+afw"
@@ -32,7 +32,8 @@ def main(argv=None):
     if args.with_paper:
         notes.append("'paper' columns: the paper's Table IV (COCO mAP; tables/paper_results.yaml).")
     notes += reuse_notes(runs, TABLE)
-    write_outputs(TABLE, header, rows, args.out, "Table IV — our method on detectors", notes)
+    write_outputs(TABLE, header, rows, args.out, "Table IV — our method on detectors", notes,
+                  table_preset(runs, args.preset))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Table V: ablation of ScaleGrad, EAD, AFW (AdaRound in place of AFW) on YOLOv8-n, YOLOv9-t, MobileNetV2."""
 from common import (OURS_NOTE, claim_notes, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values,
-                    write_outputs)
+                    table_preset, write_outputs)
 
 TABLE = "table5"
 MODELS = [("yolov8n", "YOLOv8-n (mAP)", "map"), ("yolov9t", "YOLOv9-t (mAP)", "map"),
@@ -77,7 +77,8 @@ def main(argv=None):
     if args.with_paper:
         notes.append("'paper' columns: the paper's reported ImageNet top-1 / COCO mAP (tables/paper_results.yaml).")
     notes += reuse_notes(runs, TABLE)
-    write_outputs(TABLE, header, rows, args.out, "Table V — ablation", notes)
+    write_outputs(TABLE, header, rows, args.out, "Table V — ablation", notes,
+                  table_preset(runs, args.preset))
 
 
 if __name__ == "__main__":

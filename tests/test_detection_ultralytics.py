@@ -108,6 +108,33 @@ def test_smoke_qat_run_reports_map(tiny_data, tmp_path):
     assert step_group["weight_decay"] == 0.0 and len(step_group["params"]) == 2 * 63
 
 
+def test_an_epoch_without_validation_logs_the_schema_and_no_val_metric(tiny_data, tmp_path, monkeypatch):
+    """W&B rows in the one schema (qat/logging/schema.py): flat config keys, `lr` / `train/loss` every epoch, and
+    `val/metric` only at an epoch that validated (Ultralytics passes placeholder zeros for mAP and the validation
+    losses at the others, and its own `lr/pg<i>` names)."""
+    from qat.logging.run_reader import read_local_runs
+    from qat.logging.schema import CONFIG_KEYS, EPOCH_METRICS, PROLOGUE_METRICS, unknown_metrics
+
+    import qat.detection.ultralytics_qat as ultralytics_qat
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setattr(ultralytics_qat, "LOG_EVERY", 1)  # the running loss at every step, as well as every epoch
+    run = DetectionRun(recipe="lsq", bits=4, prologue=NO_DATA_PREP, name="t/yolov8n/lsq/w4a4/s0", group="t")
+    trainer = run_trainer(tiny_data, tmp_path, run, epochs=2, val=False)  # Ultralytics validates the last epoch
+    trainer.train()
+    rec = read_local_runs(trainer.save_dir)[0]
+    assert rec.finished and set(rec.config) == CONFIG_KEYS
+    assert (rec.config["model"], rec.config["bits"], rec.config["task"], rec.config["iterations"]) == \
+        ("yolov8n", 4, "detection", 4)
+    rows = {row["epoch"]: row for row in rec.history if "epoch" in row}
+    assert set(EPOCH_METRICS) <= set(rows[1]) and set(EPOCH_METRICS) <= set(rows[2])
+    assert not [k for k in rows[1] if k.startswith(("val/", "metrics/"))], rows[1]
+    assert rows[2]["val/metric"] == trainer.results["map_trained"]
+    names = {k for row in rec.history for k in row}
+    assert unknown_metrics(names, "detection") == set() and set(PROLOGUE_METRICS) <= names
+    assert [row["_step"] for row in rec.history if "train/loss_running" in row] == [1, 2, 3, 4]
+
+
 def test_ead_fires_after_tau_in_the_detection_trainer(tiny_data, tmp_path):
     # 2 epochs × 2 iterations, τ = epoch 1 = iteration 2: EAD must act on iterations 3 and 4 only.
     run = DetectionRun(recipe="scalegrad+ead", bits=4, prologue=NO_DATA_PREP, wandb=False, ead_fraction=0.5,

@@ -56,6 +56,17 @@ def det_config(table, model, recipe, bits, seed, stale_budgets=False, **changes)
     return config
 
 
+def logged(options: dict, table, model, recipe, bits, seed) -> dict:
+    """The W&B config of a run with these options (qat/logging/schema.py): flat keys, the options under `options`."""
+    from qat.logging.schema import LoggedConfig
+    detection = "detection_config" in options
+    return dataclasses.asdict(LoggedConfig(
+        table=table, model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET,
+        task="detection" if detection else "classification", metric="map" if detection else "top1", lr=0.01,
+        momentum=0.9, weight_decay=1e-5, epochs=5, iterations=40, batch_size=32,
+        methods=dataclasses.asdict(RunConfig().methods), options=options))
+
+
 AFW = dataclasses.replace(RunConfig().methods, afw_lr=0.01)
 # (table, model, recipe, bits, seed) → (config, summary, exit code)
 RUNS = {
@@ -99,7 +110,8 @@ def runs_root(tmp_path_factory):
         for (table, model, recipe, bits, seed), (config, summary, code) in RUNS.items():
             d = run_dir(root, table, model, recipe, bits, seed)
             name = f"{table}/{model}/{recipe}/w{bits}a{bits}/s{seed}"
-            lg = RunLogger(d, name=name, group=table, tags=run_tags(model, recipe, bits), config=config)
+            lg = RunLogger(d, name=name, group=table, tags=run_tags(model, recipe, bits),
+                           config=logged(config, table, model, recipe, bits, seed))
             lg.summary({**summary, "fp_top1" if "top1" in summary else "fp_map": 88.0})
             lg.finish(exit_code=code)
             if code == 0:
@@ -124,6 +136,7 @@ def test_identity_ignores_naming_and_hardware_only():
     other = dict(base, table="table2", out="/x", device="cuda", resume=False, workers=2, log_every=5,
                  git_commit="abc", wandb=False)
     assert training_identity(base) == training_identity(other)
+    assert training_identity(logged(base, "table5", "mobilenetv2", "lsq", 4, 0)) == training_identity(base)
     assert training_identity(base) == training_identity(default_config(PRESET, "table2", "mobilenetv2", "lsq", 4, 0))
     for key, value in [("epochs", 1), ("seed", 1), ("bits", 3), ("preset_values", {}), ("fp_checkpoint", "a.pt")]:
         assert training_identity(dict(base, **{key: value})) != training_identity(base), key

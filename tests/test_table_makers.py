@@ -299,7 +299,8 @@ from qat.detection.train import DetectionConfig
 name = "table1/yolov8n/lsq/w4a4/s0"
 det = asdict(DetectionConfig(model="yolov8n", recipe="lsq", bits=4, seed=0, preset=root.name, table="table1"))
 lg = RunLogger(root / name, name=name, group="table1", tags=run_tags("yolov8n", "lsq", 4),
-               config={{"detection_config": det}})
+               config={{"table": "table1", "model": "yolov8n", "recipe": "lsq", "bits": 4, "seed": 0,
+                        "preset": root.name, "options": {{"detection_config": det}}}})
 lg.log(fake_record(), step=100)
 lg.summary({{"map": 20.0}})
 lg.finish()
@@ -340,15 +341,34 @@ def test_launcher_default_jobs_one_per_core_on_cpu_one_on_gpu(monkeypatch):
     assert default_jobs("auto") == 1 and default_jobs("cpu") == 4
 
 
-def test_launcher_default_jobs_one_per_core_on_cpu_one_on_gpu(monkeypatch):
-    import torch
+# ---------------------------------------------------------------------------------------------------------------
+# outputs per preset: a smoke table never overwrites the proxy one, and its title names its preset
+# ---------------------------------------------------------------------------------------------------------------
+def test_outputs_go_to_a_folder_per_preset(runs, tmp_path, monkeypatch):
+    if str(REPO / "tables") not in sys.path:
+        sys.path.insert(0, str(REPO / "tables"))
+    import common
 
-    from qat.experiments import default_jobs
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert default_jobs("auto") == 2 and default_jobs("cpu") == 2
-    monkeypatch.setattr("os.cpu_count", lambda: 16)
-    assert default_jobs("cpu") == 4  # capped: more single-threaded runs only compete for memory bandwidth
-    assert default_jobs("cuda") == default_jobs("cuda:1") == 1
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert default_jobs("auto") == 1 and default_jobs("cpu") == 4
+    monkeypatch.delenv("QAT_TABLES_OUT", raising=False)
+    monkeypatch.setenv("PRESET", "proxy")
+    assert common.parse_args("table4", []).out == REPO / "tables" / "out" / "proxy"
+    assert common.parse_args("table4", ["--preset", "smoke"]).out == REPO / "tables" / "out" / "smoke"
+    # --runs <preset>/<table>: that preset, whatever $PRESET says
+    args = common.parse_args("table4", ["--runs", str(runs / PRESET / "table4")])
+    assert args.preset == PRESET and args.out == REPO / "tables" / "out" / PRESET
+    t = make_table(4, runs, tmp_path / "out")
+    assert t["md"].splitlines()[0] == "# Table IV — our method on detectors (smoke preset)"
+
+
+def test_run_sh_writes_the_launched_presets_table(runs, tmp_path):
+    """run.sh --preset smoke (PRESET=proxy in the environment) writes tables/out/smoke/ and leaves proxy alone."""
+    out = tmp_path / "tables_out"
+    env = tool_env(tmp_path / "state", QAT_RUNS=runs, PRESET="proxy", QAT_TABLES_OUT=out)
+    for var in ("SEEDS", "MODELS", "RECIPES"):
+        env.pop(var, None)
+    proc = subprocess.run(["bash", "experiments/table4_detection/run.sh", "--dry-run", "--preset", PRESET], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    md = (out / PRESET / "table4.md").read_text()
+    assert md.startswith("# Table IV — our method on detectors (smoke preset)") and ours([18.2]) in md
+    assert not (out / "proxy").exists()

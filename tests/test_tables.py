@@ -28,5 +28,12 @@ def test_table5_from_offline_wandb_runs(smoke_env, tmp_path):
     assert scalegrad4[9] == "missing", "a crashed run must not fill a cell"
     assert lsq4[5] == "missing" and rows[("-", "-", "-", "-", "3")][9] == "missing"
     assert (out / "table5.md").is_file() and (out / "table5.tex").is_file()
+    # the run logged the one W&B schema of every task (qat/logging/schema.py; tests/test_wandb_schema.py)
+    from qat.logging.run_reader import read_local_runs
+    from qat.logging.schema import CONFIG_KEYS, EPOCH_METRICS, unknown_metrics
+    rec = read_local_runs(tmp_path / "runs" / "smoke" / "table5" / "mobilenetv2" / "lsq")[0]
+    names = {k for row in rec.history for k in row}
+    assert set(rec.config) == CONFIG_KEYS and set(EPOCH_METRICS) <= names and "val/metric" in names
+    assert unknown_metrics(names, "classification") == set() and rec.summary["metric"] == result["top1"]
     osc = 100 * result["osc/fraction_oscillating"]
     assert f"MobileNetV2 W4A4 (frequency > 0.005): LSQ {osc:.2f} (n=1) %" in (out / "table5.md").read_text()

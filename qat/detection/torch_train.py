@@ -63,6 +63,7 @@ class TorchDetectionConfig(RunConfig):
 
 class TorchDetectionTrainer(Trainer):
     metric = "map"
+    task = "detection"
 
     def setup_data(self):
         c = self.cfg

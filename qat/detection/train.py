@@ -195,7 +195,7 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
         save_fp_to=str(fp_detector_path(c, digest)) if c.is_fp and c.out is None else
         (str(c.run_dir / "fp.pt") if c.is_fp else None),
         val_json=val_json, ead_fraction=c.ead_fraction, max_iterations=c.max_iterations,
-        fig1_iterations=c.fig1_iterations, wandb=c.wandb, name=c.run_name, group=c.table,
+        fig1_iterations=c.fig1_iterations, wandb=c.wandb, name=c.run_name, group=c.table, preset=c.preset,
         tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
         config={"detection_config": _jsonable(dataclasses.asdict(c)), "preset_values": dict(DET_PRESETS[c.preset])})
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")

@@ -24,7 +24,9 @@ fuse would fold BN into fake-quant weights and re-parameterise quantized RepConv
 is off for QAT (it averages float tensors but never copies the quantizers' non-float state; RedYolo has
 its own EMA hook) and its FP16 checkpoints are never used for evaluation: we save FP32 state dicts
 ourselves; `amp=False`, `plots=False`, `optimizer="SGD"`, and the run is logged through
-`qat.logging.RunLogger` (Ultralytics' W&B callback is off under pytest and logs other keys).
+`qat.logging.RunLogger` in the schema of every run (qat/logging/schema.py), never with the metrics Ultralytics
+passes to `save_metrics` (its `lr/pg<i>` and, at epochs that did not validate, placeholder zeros for mAP and
+the validation losses). Ultralytics' own W&B callback stays off (its `wandb` setting defaults to False).
 
 The QAT settings travel as a class attribute (`QATDetectionTrainer.bind(run)` makes a subclass), so
 Ultralytics' DDP launcher, which re-creates `type(trainer)(overrides=...)` from a cloudpickle, keeps them.
@@ -47,6 +49,7 @@ from ultralytics.utils import nms, ops
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..hooks import TrainState
+from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
 from ..modules import quant_layers, set_gradient_mode, step_parameters
 from ..logging.fig1_traces import Fig1TraceHook
 from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
@@ -164,15 +167,17 @@ class DetectionRun:
     log_step_sizes: bool = True
     wandb: bool = True
     name: str = "adhoc/detector/run"        # W&B run name, `{table}/{model}/{recipe}/w{b}a{b}/s{seed}`
-    group: str = "adhoc"
+    group: str = "adhoc"                    # W&B group = the run's table
+    preset: str = "adhoc"                   # the preset whose budgets the overrides hold (W&B config)
     tags: tuple[str, ...] = ()
-    config: dict = field(default_factory=dict)  # extra config to log
+    config: dict = field(default_factory=dict)  # the run's own options, logged under the W&B config's `options`
 
     @property
     def is_fp(self) -> bool:
         return self.recipe == "fp"
 
 
+LOG_EVERY = 20  # optimizer steps between `train/loss_running` points, as the classification loop's default
 QAT_DEFAULTS = dict(optimizer="SGD", amp=False, plots=False, val=True, warmup_epochs=0.0, momentum=0.9,
                     weight_decay=1e-5, lr0=1e-3, exist_ok=True, verbose=False)
 FP_DEFAULTS = dict(plots=False, val=True, exist_ok=True, verbose=False)
@@ -208,6 +213,7 @@ class QATDetectionTrainer(DetectionTrainer):
         self._gt = None
         self.tau_epoch = None
         self._val_at: tuple[int, dict] | None = None  # (iteration, mAPs) of the live model's last validation
+        self._validated = False  # whether this epoch validated (else it logs no val/ key)
 
     # ----------------------------------------------------------------------------------- logging
     def _open_logger(self):
@@ -215,9 +221,15 @@ class QATDetectionTrainer(DetectionTrainer):
         if self.logger is not None or not run.wandb or RANK not in {-1, 0}:
             return
         from ..logging.run_logger import RunLogger
-        config = {"detection_run": {k: v for k, v in asdict(run).items() if k not in ("config",)},
-                  "ultralytics_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
-                  **run.config}
+        options = {"detection_run": {k: v for k, v in asdict(run).items() if k not in ("config",)},
+                   "ultralytics_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+                   **run.config}
+        iterations = self.epochs * math.ceil(len(self.train_loader) / self.accumulate)
+        config = run_config(table=run.group, model=Path(str(self.args.model)).stem, recipe=run.recipe, bits=run.bits,
+                            seed=self.args.seed, preset=run.preset, task="detection", metric="map",
+                            optimizer=self.optimizer, epochs=self.epochs,
+                            iterations=min(iterations, run.max_iterations or iterations), batch_size=self.batch_size,
+                            methods=run.methods, options=options)
         self.logger = RunLogger(self.save_dir, run.name, run.group, list(run.tags), config)
 
     def log(self, metrics: dict, step: int | None = None):
@@ -343,7 +355,7 @@ class QATDetectionTrainer(DetectionTrainer):
         if run.init_from is not None:
             self._load_qat_checkpoint(*run.init_from)
         elif self.report:
-            self.log(_scalars(self.report), step=0)
+            self.log(prologue_metrics(self.report, "map"), step=0)
 
     def _load_qat_checkpoint(self, point: str, path: str):
         """Continue from a QAT checkpoint written by `save_model` (see DetectionRun.init_from)."""
@@ -382,6 +394,10 @@ class QATDetectionTrainer(DetectionTrainer):
         super()._do_train()
 
     def optimizer_step(self):
+        # QAT: the running loss every LOG_EVERY steps (at the hooks' iteration t, the rows' step); every run also
+        # logs it in each epoch's row (save_metrics)
+        if self.state is not None and (self.state.iteration + 1) % LOG_EVERY == 0 and self.tloss is not None:
+            self.log({"train/loss_running": _loss_total(self.tloss)}, step=self.state.iteration + 1)
         if self.run_spec.is_fp:
             super().optimizer_step()
             self._check_stop()
@@ -464,7 +480,8 @@ class QATDetectionTrainer(DetectionTrainer):
         res = self.evaluate(model)
         if self.state is not None and model is unwrap_model(self.model):  # final_eval needs no second look
             self._val_at = (self.state.iteration, _pct(res))
-        metrics = {"val/map": 100 * res["map"], "val/map50": 100 * res["map50"], "time/val_s": time.time() - t0}
+        metrics = {"val/metric": 100 * res["map"], "val/map50": 100 * res["map50"], "time/val_s": time.time() - t0}
+        self._validated = True
         fitness = res["map"]
         if self.best_fitness is None or self.best_fitness < fitness:
             self.best_fitness = fitness
@@ -479,10 +496,19 @@ class QATDetectionTrainer(DetectionTrainer):
                 extra.update(h.epoch_metrics(self.state))
             if self.run_spec.log_step_sizes:
                 extra.update(step_size_metrics(unwrap_model(self.model)))
-        row = {**metrics, **extra, "epoch": self.epoch + 1, "time/epoch_s": time.time() - self.epoch_time_start}
+        # Ultralytics' `metrics` hold its own names and, at an epoch that did not validate, zeros or the last
+        # validation's values: the row takes the losses and, only after a validation, our validate()'s metrics.
+        losses = {f"train/{k}": float(v) for k, v in (self.tloss or {}).items()}
+        loss = _loss_total(self.tloss or {})
+        # the running loss at the epoch's end is its mean, as in the classification loop's last row of an epoch
+        row = {"epoch": self.epoch + 1, "lr": epoch_lr(self.optimizer), "train/loss": loss, "train/loss_running": loss,
+               **losses, "time/epoch_s": time.time() - self.epoch_time_start,
+               **(self.metrics if self._validated else {}), **extra}
+        self._validated = False
         self.log(row)
-        LOGGER.info(f"[qat] {self.run_spec.name} epoch {self.epoch + 1}/{self.epochs}: "
-                    f"mAP {metrics.get('val/map', float('nan')):.2f} (mAP50 {metrics.get('val/map50', float('nan')):.2f})")
+        val = (f"mAP {row['val/metric']:.2f} (mAP50 {row['val/map50']:.2f})" if "val/metric" in row
+               else "not validated")
+        LOGGER.info(f"[qat] {self.run_spec.name} epoch {self.epoch + 1}/{self.epochs}: {val}")
 
     # ---------------------------------------------------------------------------- checkpoints
     def save_model(self):
@@ -551,7 +577,7 @@ class QATDetectionTrainer(DetectionTrainer):
                           self.wdir / "qat_final.pt")
             LOGGER.info(f"[qat] {run.name}: mAP@[.5:.95] {self.results['map']:.2f} mAP@.5 {self.results['map50']:.2f}")
             if self.logger is not None:
-                self.logger.summary({k: v for k, v in self.results.items() if v is not None})
+                self.logger.summary(summary_values(self.results, "map"))
                 self.logger.finish(0)
         except BaseException:
             if self.logger is not None:
@@ -662,6 +688,11 @@ def _with_budgets(m: MethodConfig) -> MethodConfig:
     paper = {"afw_epochs": 10, "qc_epochs": 1, "adaround_iterations": 10000, "step_only_epochs": 1}
     from dataclasses import replace
     return replace(m, **{k: v for k, v in paper.items() if getattr(m, k) is None})
+
+
+def _loss_total(loss_items: dict) -> float:
+    """The training loss per image: Ultralytics' loss terms (box, cls, dfl), each a per-image mean, summed."""
+    return float(sum(float(v) for v in loss_items.values()))
 
 
 def _pct(res: dict) -> dict:

@@ -23,6 +23,7 @@ from ..config import FP_TABLE, RunConfig, check_fp_budgets, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
 from ..logging.fig1_traces import Fig1TraceHook
+from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
 from ..loop import qat_step
 from ..models import build_model
 from ..modules import quant_layers, set_gradient_mode, step_parameters
@@ -81,7 +82,8 @@ class ClassificationTask:
 class Trainer:
     """Classification; a subclass changes the task through `metric`, `setup_data`, `build_net`, `move`,
     `batch_loss`, `evaluate` and `high_precision_layers` (qat/detection/torch_train.py does)."""
-    metric = "top1"  # the headline metric's key: result["top1"], report["fp_top1"], "val/top1"
+    metric = "top1"  # the headline metric's key: result["top1"], report["fp_top1"] (W&B: "val/metric")
+    task = "classification"  # the W&B schema's task (qat/logging/schema.py)
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -148,13 +150,17 @@ class Trainer:
         return None
 
     # ----------------------------------------------------------------- logging
-    def open_logger(self, resume_id: str | None):
+    def open_logger(self, resume_id: str | None, optimizer, epochs: int, iterations: int):
         if not (self.cfg.wandb and is_main()):
             return
         from ..logging.run_logger import RunLogger
         c = self.cfg
         tags = [c.model, c.recipe] + ([] if c.is_fp else [f"w{c.bits}a{c.bits}"]) + [c.preset]
-        self.logger = RunLogger(self.run_dir, c.run_name, c.table, tags, c.to_dict(), resume_id=resume_id)
+        config = run_config(table=c.table, model=c.model, recipe=c.recipe, bits=c.bits, seed=c.seed, preset=c.preset,
+                            task=self.task, metric=self.metric, optimizer=optimizer, epochs=epochs,
+                            iterations=min(iterations, c.max_iterations or iterations), batch_size=self.batch_size,
+                            methods=c.methods, options=c.to_dict())
+        self.logger = RunLogger(self.run_dir, c.run_name, c.table, tags, config, resume_id=resume_id)
 
     def log(self, metrics: dict, step: int | None = None):
         if self.logger is not None:
@@ -359,9 +365,9 @@ class Trainer:
             training_done = True
         self.global_step = state.iteration
 
-        self.open_logger(resume_id)
+        self.open_logger(resume_id, optimizer, epochs, total_iterations)
         if report and start_epoch == 0 and not training_done:
-            self.log({k: v for k, v in report.items() if isinstance(v, (int, float))}, step=0)
+            self.log(prologue_metrics(report, self.metric), step=0)
         if is_main():
             where = f"resumed at epoch {start_epoch}" if resume_from else (f"branched from {branch}" if branch else "fresh")
             print(f"[qat] {c.run_name}: {where}; {epochs} epochs × {iters_per_epoch} iterations"
@@ -375,23 +381,22 @@ class Trainer:
         if not training_done:
             for epoch in range(start_epoch, epochs):
                 train_metrics = self.train_epoch(train_model, optimizer, hooks, state, epoch, epochs)
+                lr = epoch_lr(optimizer)  # the epoch's, before the scheduler moves it
                 scheduler.step()
-                metrics = {**train_metrics, "epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"],
-                           **self.step_size_metrics(model)}
+                metrics = {**train_metrics, "epoch": epoch + 1, "lr": lr, **self.step_size_metrics(model)}
                 # CPU presets validate only where a number is used (τ and the end); others every epoch.
                 if c.preset_value("val_every_epoch") or epoch + 1 in (tau_epoch, epochs):
                     eval_model = next((m for m in (h.eval_model() for h in hooks) if m is not None), model)
                     val = self.evaluate(eval_model)
                     if eval_model is model:
                         self.val_at = (state.iteration, val)
-                    metrics.update({f"val/{k}": v for k, v in val.items() if k != "metric"})
+                    metrics.update({f"val/{k}": v for k, v in val.items() if k != self.metric})  # val/metric
                 for h in hooks:
                     metrics.update(h.epoch_metrics(state))
                 self.log(metrics)
                 history.append(metrics)
                 if is_main():
-                    val_key = f"val/{self.metric}"
-                    val_text = f" val {self.metric} {metrics[val_key]:.2f}%" if val_key in metrics else ""
+                    val_text = f" val {self.metric} {metrics['val/metric']:.2f}%" if "val/metric" in metrics else ""
                     train_acc = f" train top-1 {train_metrics['train/top1']:.2f}%" if "train/top1" in train_metrics else ""
                     print(f"[qat] {c.run_name} epoch {epoch + 1}/{epochs}: train loss {train_metrics['train/loss']:.4f}"
                           f"{train_acc}{val_text}", flush=True)
@@ -514,7 +519,7 @@ class Trainer:
         if is_main():
             ckpt.save({"model": model.state_dict(), "result": result}, self.run_dir / "final.pt")
             if self.logger is not None:
-                self.logger.summary({k: v for k, v in result.items() if v is not None})
+                self.logger.summary(summary_values(result, k))
                 self.logger.finish(0)
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
             ckpt.drop_resume_checkpoint(self.run_dir / "checkpoint.pt")
