@@ -114,6 +114,18 @@ def run_config(spec: RunSpec, preset: str, device: str, extra: list[str]) -> dic
     return parse_config(argv).to_dict()
 
 
+def launcher_set_keys(spec: RunSpec, preset: str, device: str, config: dict) -> list[str]:
+    """The settings the launcher gives each run itself that `config` (a run_config) has otherwise: extra
+    arguments that set them (`--table`, `--seed`, an abbreviation of one...) would put the run where the
+    launcher does not look for it."""
+    fields = config.get("detection_config", config)
+    wanted = {"model": spec.model, "recipe": spec.recipe, "seed": spec.seed, "preset": preset, "table": spec.table,
+              "device": device, "out": None, "resume": True}
+    if spec.recipe != "fp":
+        wanted["bits"] = spec.bits
+    return [key for key, value in wanted.items() if fields.get(key) != value]
+
+
 def _error_line(log: Path) -> str:
     """The last `error:` line a run wrote to its log, for the launcher's FAILED line."""
     try:
@@ -167,6 +179,11 @@ def main(argv=None) -> int:
         expected = {r: run_config(r, args.preset, args.device, extra) for r in runs}
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
+    taken = sorted({k for r in runs for k in launcher_set_keys(r, args.preset, args.device, expected[r])})
+    if taken:
+        print(f"error: the extra arguments {' '.join(extra)} set {', '.join(taken)}, which the launcher sets for "
+              f"each run (choose runs with MODELS, RECIPES, SEEDS, PRESET, DEVICE)", file=sys.stderr)
+        return 2
 
     def reusable(r: RunSpec) -> Path | None:
         """An identical finished run of another table. A branch recipe still finds its parent
@@ -174,11 +191,19 @@ def main(argv=None) -> int:
         is trained again in this table even if it was reused here."""
         return find_identical_run(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, expected[r])
 
+    otherwise = [r for r in runs if r.finished and
+                 trained_otherwise(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, expected[r])]
+    if extra and otherwise:  # the user asks for other settings than these runs have: refuse, never skip them
+        print(f"error: {len(otherwise)} finished run(s) were trained with other settings than the extra arguments "
+              f"{' '.join(extra)} give them ({', '.join(r.name for r in otherwise[:3])}"
+              f"{', ...' if len(otherwise) > 3 else ''}): delete their directories under "
+              f"{runs_root() / args.preset} to train them with these settings", file=sys.stderr)
+        return 2
     for r in runs:
-        if r.finished and trained_otherwise(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, expected[r]):
+        if r in otherwise:  # (a preset or default edited since the run finished)
             print(f"[{cfg['table']}] warning: {r.name} finished with other training settings than this "
-                  f"launch gives it (a preset or default edited since, or other extra arguments?); it is kept "
-                  f"as finished: delete {r.run_dir} to train it again", file=sys.stderr, flush=True)
+                  f"launch gives it (a preset or default edited since?); it is kept as finished: delete "
+                  f"{r.run_dir} to train it again", file=sys.stderr, flush=True)
         elif not r.finished and (r.run_dir / "result.json").is_file():
             print(f"[{cfg['table']}] warning: {r.name} finished, but its W&B record cannot be read: it does "
                   f"not count as finished ({r.run_dir})", file=sys.stderr, flush=True)

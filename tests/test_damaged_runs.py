@@ -16,7 +16,6 @@ pytest.importorskip("wandb")
 
 from qat.experiments import RunSpec  # noqa: E402
 from qat.logging.run_reader import read_local_runs  # noqa: E402
-from qat.run_dir import finished_result  # noqa: E402
 
 NAME = "table5/mobilenetv2/lsq/w4a4/s0"
 WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
@@ -60,6 +59,7 @@ SPEC = RunSpec("table5", "mobilenetv2", "lsq", 4, 0, "smoke")
 
 
 def test_intact_run_is_finished_and_read(finished_run, tmp_path):
+    from qat.run_dir import finished_result
     runs, _ = finished_run
     assert SPEC.finished and finished_result(runs / "smoke" / NAME) == {"top1": 81.25}
     proc = _table(runs, tmp_path)
@@ -71,6 +71,7 @@ def test_truncated_run_file_is_named_and_not_finished(finished_run, tmp_path):
     data = wandb_file.read_bytes()
     wandb_file.write_bytes(data[: int(0.6 * len(data))])
     assert not SPEC.finished
+    from qat.run_dir import finished_result
     with pytest.raises(ValueError, match="ends before the run's end"):
         finished_result(runs / "smoke" / NAME)
     proc = _table(runs, tmp_path)
@@ -88,6 +89,7 @@ def test_flipped_bytes_are_damage(finished_run, tmp_path):
     [record] = read_local_runs(wandb_file)
     assert record.damage and "CRC mismatch" in " ".join(record.damage) and not record.finished
     assert not SPEC.finished
+    from qat.run_dir import finished_result
     with pytest.raises(ValueError, match="damaged"):
         finished_result(runs / "smoke" / NAME)
     proc = _table(runs, tmp_path)

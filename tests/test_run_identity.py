@@ -4,6 +4,7 @@ already"; a branch refuses a parent trained with other settings; the launcher re
 argument before it starts anything."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -12,7 +13,6 @@ import pytest
 from helpers import run_train
 
 from qat.config import RunConfig
-from qat.run_reuse import identity_differences, training_identity
 
 SMOKE = ["--preset", "smoke", "--epochs", "2", "--no-wandb"]
 
@@ -48,6 +48,7 @@ def test_branch_refuses_a_parent_trained_with_other_dist_k(smoke_env):
 
 
 def test_identity_holds_only_what_the_recipe_reads():
+    from qat.run_reuse import identity_differences, training_identity
     base = RunConfig(recipe="scalegrad", preset="smoke").to_dict()
     ead = dict(base, methods=dict(base["methods"], ead_k=2.0))
     assert training_identity(ead) == training_identity(base)  # ScaleGrad never reads EAD's settings
@@ -88,7 +89,37 @@ def test_launcher_rejects_an_unknown_extra_argument_before_running(launch, capsy
     assert "error: argument --pulse-delta" in capsys.readouterr().err and not mark.exists()
 
 
+def test_launcher_rejects_extra_arguments_that_move_its_runs(launch, capsys):
+    main, mark = launch
+    assert main("--tab", "other") == 2  # an abbreviation of --table, which the launcher sets
+    assert capsys.readouterr().err.startswith("error: the extra arguments --tab other set table")
+    assert not mark.exists()
+
+
 def test_launcher_passes_valid_extra_arguments(launch, capsys):
     main, mark = launch
     assert main("--pulse-delta", "0.5") == 0
     assert mark.read_text() == "x"
+
+
+def test_detection_runs_keep_the_same_rules(dirs):
+    """train_detector claims its directory like the classification Trainer: a directory holding a run of other
+    settings is refused naming the key, one another process trains is busy (both before any work)."""
+    import fcntl
+    import os
+
+    from qat.detection.train import DetectionConfig, logged_config, train_detector
+    from qat.run_dir import RunBusy
+    cfg = DetectionConfig(model="yolov8n", recipe="lsq", preset="smoke", table="det")
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps(logged_config(cfg)))
+    (cfg.run_dir / "result.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"lr=None \(now 0.05\)"):
+        train_detector(cfg, lr=0.05)
+    fd = os.open(cfg.run_dir / ".lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(RunBusy, match="being trained by another process"):
+            train_detector(cfg)
+    finally:
+        os.close(fd)

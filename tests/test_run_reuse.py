@@ -274,6 +274,8 @@ def test_launcher_warns_of_own_runs_trained_otherwise(env, tmp_path, capsys):
     assert "2 finished already" in out
     warned = [line for line in err.splitlines() if "warning" in line]
     assert len(warned) == 1 and "table5/mobilenetv2/damp/w4a4/s0 finished with other training settings" in warned[0]
-    assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run", "--epochs", "1"]) == 0
-    warned = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert len(warned) == 1 and "table5/mobilenetv2/lsq/w4a4/s0 finished with other" in warned[0]  # epochs=1 asked
+    # extra arguments asking for other settings than a finished run has: refused, not skipped
+    assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 finished run(s) were trained with other settings") and \
+        "table5/mobilenetv2/lsq/w4a4/s0" in err
