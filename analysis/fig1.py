@@ -91,7 +91,7 @@ def draw(runs: list[Fig1Run]):
         draw_traces(axes[1], axes[2], run)
         draw_steps(axes[3], axes[4], run)
     title = ", ".join(f"{f} {getattr(runs[0], f)}" for f in shared)
-    fig.suptitle(f"Fig. 1 — weight oscillations in QAT" + (f": {title}" if title else ""), fontsize=12)
+    fig.suptitle("Fig. 1 — weight oscillations in QAT" + (f": {title}" if title else ""), fontsize=12)
     return fig
 
 

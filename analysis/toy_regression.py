@@ -25,7 +25,7 @@ from qat.ead import EADHook
 from qat.freeze import FreezeHook, OscillationTrackingHook
 from qat.hooks import TrainState
 from qat.loop import qat_step
-from qat.modules import convert, quant_layers, step_parameters
+from qat.modules import convert, step_parameters
 
 BITS = 3
 STEP = 0.1   # initial step size: targets sit on the 3-bit grid's levels −3 … 2 plus u

@@ -18,7 +18,6 @@ The paper leaves open what SPEC §6 lists; each is an option here (the defaults 
 """
 from __future__ import annotations
 
-import itertools
 
 import torch
 from torch import nn

@@ -143,6 +143,7 @@ def _error(message: str) -> int:
 
 def main(argv=None, config_cls: type[RunConfig] = RunConfig, trainer_cls=None, **parser_kwargs) -> int:
     cfg = parse_config(argv, config_cls, **parser_kwargs)
+    from .run_dir import BUSY_EXIT, RunBusy
     from .train.checkpoint import CheckpointError
     from .train.classification import NonFiniteLoss, Trainer
     from .train.distributed import teardown
@@ -150,6 +151,9 @@ def main(argv=None, config_cls: type[RunConfig] = RunConfig, trainer_cls=None, *
         (trainer_cls or Trainer)(cfg).run()
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         return _error(str(e))
+    except RunBusy as e:
+        _error(str(e))
+        return BUSY_EXIT
     except NonFiniteLoss as e:
         sys.stderr.write(f"error: {e}\n")
         return 1

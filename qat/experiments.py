@@ -5,16 +5,21 @@ Every (model, bits, seed, recipe) becomes one `python -m qat.train` (classificat
 when it finished with other training settings than the launcher gives it now), a killed one
 resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (parents
 are ordered first). A run that another table of the same preset has finished with the
-same training configuration is reused instead of trained again (qat/run_reuse.py; not when extra
-arguments pass through to the runs), and the table makers fill its cell from that run. One progress bar
-with an ETA covers the whole table. A failed run is reported and the launcher goes on; it exits non-zero
-at the end if any run failed, and the table maker then shows that cell as missing.
+same training configuration is reused instead of trained again (qat/run_reuse.py), and the table makers
+fill its cell from that run. Extra arguments pass through to every run; they are checked with the runs'
+own parsers before anything starts. One progress bar with an ETA covers the whole table. A failed run is
+reported and the launcher goes on; it exits non-zero at the end if any run failed, and the table maker then
+shows that cell as missing.
+
+A run counts as finished when its result.json exists and its W&B record reads back complete
+(qat/run_dir.py). A run that another process (a second launcher) is training is waited for, not trained
+twice: each run directory is locked by the process training it. The runs die with the launcher
+(qat/child_processes.py).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -24,11 +29,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .child_processes import run_child, stop_children_on_signals
 from .cli import OneLineErrorParser, device_option, positive_int
 from .config import FP_TABLE, PRESETS, REPO, fp_cache_path, fp_run_dir, run_name, runs_root
 from .detection.torch_detectors import TORCH_DETECTORS
 from .experiment_config import check_names, known_models, load_config, parse_seeds
 from .launch_progress import LaunchProgress
+from .run_dir import WAIT_ENV, locked_by_other, run_finished
 from .run_reuse import find_identical_run, trained_otherwise
 
 ULTRALYTICS_DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s"}
@@ -49,8 +56,13 @@ class RunSpec:
         return run_name(self.table, self.model, self.recipe, self.bits, self.seed)
 
     @property
+    def run_dir(self) -> Path:
+        return runs_root() / self.preset / self.name
+
+    @property
     def finished(self) -> bool:
-        return (runs_root() / self.preset / self.name / "result.json").is_file()
+        """result.json and a W&B record that reads back complete (a damaged run is not finished)."""
+        return run_finished(self.run_dir)
 
 
 def plan(cfg: dict, seeds: list[int], preset: str, models: list[str] | None = None) -> list[RunSpec]:
@@ -60,10 +72,59 @@ def plan(cfg: dict, seeds: list[int], preset: str, models: list[str] | None = No
             for r in cfg["recipes"]]
 
 
+def run_args(spec: RunSpec, preset: str, device: str, extra: list[str]) -> list[str]:
+    """The arguments of a run's CLI (`command` without the interpreter and module)."""
+    return ["--model", spec.model, "--recipe", spec.recipe, "--bits", str(spec.bits), "--seed", str(spec.seed),
+            "--preset", preset, "--table", spec.table, "--device", device, "--resume", *extra]
+
+
 def command(spec: RunSpec, preset: str, device: str, extra: list[str]) -> list[str]:
     module = "qat.detection" if spec.model in DETECTORS else "qat.train"
-    return [sys.executable, "-m", module, "--model", spec.model, "--recipe", spec.recipe, "--bits", str(spec.bits),
-            "--seed", str(spec.seed), "--preset", preset, "--table", spec.table, "--device", device, "--resume", *extra]
+    return [sys.executable, "-m", module, *run_args(spec, preset, device, extra)]
+
+
+def fp_command(model: str, preset: str, device: str) -> list[str]:
+    """The FP pretraining run of a model (trained once per preset, shared by every table)."""
+    return [sys.executable, "-m", "qat.detection" if model in DETECTORS else "qat.train",
+            "--model", model, "--recipe", "fp", "--preset", preset, "--table", FP_TABLE, "--device", device,
+            "--resume"]
+
+
+def run_config(spec: RunSpec, preset: str, device: str, extra: list[str]) -> dict:
+    """The configuration the run's own CLI resolves from its command (as it logs it), parsed here with that
+    CLI's parser: a bad extra argument ends with its one `error:` line (SystemExit 2) before anything runs."""
+    argv = run_args(spec, preset, device, extra)
+    if spec.model in TORCH_DETECTORS:
+        from .cli import parse_config
+        from .detection.torch_train import TorchDetectionConfig
+        return parse_config(argv, TorchDetectionConfig, models=list(TORCH_DETECTORS),
+                            prog="python -m qat.detection").to_dict()
+    if spec.model in DETECTORS:
+        from .detection.train import logged_config, parse_config
+        return logged_config(parse_config(argv))
+    from .cli import parse_config
+    return parse_config(argv).to_dict()
+
+
+def launcher_set_keys(spec: RunSpec, preset: str, device: str, config: dict) -> list[str]:
+    """The settings the launcher gives each run itself that `config` (a run_config) has otherwise: extra
+    arguments that set them (`--table`, `--seed`, an abbreviation of one...) would put the run where the
+    launcher does not look for it."""
+    fields = config.get("detection_config", config)
+    wanted = {"model": spec.model, "recipe": spec.recipe, "seed": spec.seed, "preset": preset, "table": spec.table,
+              "device": device, "out": None, "resume": True}
+    if spec.recipe != "fp":
+        wanted["bits"] = spec.bits
+    return [key for key, value in wanted.items() if fields.get(key) != value]
+
+
+def _error_line(log: Path) -> str:
+    """The last `error:` line a run wrote to its log, for the launcher's FAILED line."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((f": {line.strip()}" for line in reversed(lines) if line.startswith("error:")), "")
 
 
 def default_jobs(device: str) -> int:
@@ -111,22 +172,38 @@ def main(argv=None) -> int:
         wanted = set(args.recipes.split(","))
         runs = [r for r in runs if r.recipe in wanted]
     extra = list(cfg.get("extra_args", {}).get(args.preset, [])) + extra
+    try:  # every run's configuration as its CLI resolves it; a bad extra argument stops here
+        expected = {r: run_config(r, args.preset, args.device, extra) for r in runs}
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    taken = sorted({k for r in runs for k in launcher_set_keys(r, args.preset, args.device, expected[r])})
+    if taken:
+        print(f"error: the extra arguments {' '.join(extra)} set {', '.join(taken)}, which the launcher sets for "
+              f"each run (choose runs with MODELS, RECIPES, SEEDS, PRESET, DEVICE)", file=sys.stderr)
+        return 2
 
     def reusable(r: RunSpec) -> Path | None:
-        """An identical finished run of another table, not when extra arguments change the runs. A branch
-        recipe still finds its parent
+        """An identical finished run of another table. A branch recipe still finds its parent
         through its own table (Trainer.parent_checkpoint): when the branch itself is not reusable, its parent
         is trained again in this table even if it was reused here."""
-        if extra:
-            return None
-        return find_identical_run(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, None)
+        return find_identical_run(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, expected[r])
 
-    if not extra:  # (with extra arguments the launcher's own configs differ from the defaults anyway)
-        for r in runs:
-            if r.finished and trained_otherwise(r.preset, r.table, r.model, r.recipe, r.bits, r.seed):
-                print(f"[{cfg['table']}] warning: {r.name} finished with other training settings than this "
-                      f"launch gives it (a preset or default edited since?); it is kept as finished: delete "
-                      f"{runs_root() / r.preset / r.name} to train it again", file=sys.stderr, flush=True)
+    otherwise = [r for r in runs if r.finished and
+                 trained_otherwise(r.preset, r.table, r.model, r.recipe, r.bits, r.seed, expected[r])]
+    if extra and otherwise:  # the user asks for other settings than these runs have: refuse, never skip them
+        print(f"error: {len(otherwise)} finished run(s) were trained with other settings than the extra arguments "
+              f"{' '.join(extra)} give them ({', '.join(r.name for r in otherwise[:3])}"
+              f"{', ...' if len(otherwise) > 3 else ''}): delete their directories under "
+              f"{runs_root() / args.preset} to train them with these settings", file=sys.stderr)
+        return 2
+    for r in runs:
+        if r in otherwise:  # (a preset or default edited since the run finished)
+            print(f"[{cfg['table']}] warning: {r.name} finished with other training settings than this "
+                  f"launch gives it (a preset or default edited since?); it is kept as finished: delete "
+                  f"{r.run_dir} to train it again", file=sys.stderr, flush=True)
+        elif not r.finished and (r.run_dir / "result.json").is_file():
+            print(f"[{cfg['table']}] warning: {r.name} finished, but its W&B record cannot be read: it does "
+                  f"not count as finished ({r.run_dir})", file=sys.stderr, flush=True)
     todo = [r for r in runs if not r.finished]
     reuse = {r: reusable(r) for r in todo}
     print(f"[{cfg['table']}] preset {args.preset}: {len(runs)} runs, {len(runs) - len(todo)} finished already, "
@@ -146,7 +223,8 @@ def main(argv=None) -> int:
         groups.setdefault((r.model, r.bits, r.seed), []).append(r)
     failed: list[str] = []
     lock = threading.Lock()
-    job_env = {**os.environ, "TQDM_DISABLE": "1"}
+    job_env = {**os.environ, "TQDM_DISABLE": "1", WAIT_ENV: "1"}  # a run another launcher trains is waited for
+    stop_children_on_signals()
     if args.jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         # parallel jobs share the cores: OpenMP threads beyond a job's share only wait on each other
         job_env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.jobs))
@@ -161,13 +239,15 @@ def main(argv=None) -> int:
                 log = log_dir / (r.name.replace("/", "__") + ".log")
                 t0 = time.time()
                 progress.start(r.name)
+                if locked_by_other(r.run_dir):
+                    with lock:
+                        tqdm.write(f"[{cfg['table']}] waiting for {r.name}: another process is training it")
                 with open(log, "a") as f:
-                    proc = subprocess.run(command(r, args.preset, args.device, extra), cwd=REPO, stdout=f,
-                                          stderr=subprocess.STDOUT, env=job_env)
+                    code = run_child(command(r, args.preset, args.device, extra), f, cwd=REPO, env=job_env)
                 with lock:
-                    if proc.returncode != 0:
+                    if code != 0:
                         failed.append(r.name)
-                        tqdm.write(f"[{cfg['table']}] FAILED {r.name} (exit {proc.returncode}); log: {log}")
+                        tqdm.write(f"[{cfg['table']}] FAILED {r.name} (exit {code}{_error_line(log)}); log: {log}")
                     else:
                         tqdm.write(f"[{cfg['table']}] done {r.name} in {time.time() - t0:.0f} s")
             progress.done(r.name)
@@ -178,15 +258,12 @@ def main(argv=None) -> int:
     # already running in another.
     def train_fp(model: str) -> None:
         tqdm.write(f"[{cfg['table']}] the FP {model} ({args.preset}) first")
-        fp_cmd = [sys.executable, "-m", "qat.detection" if model in DETECTORS else "qat.train",
-                  "--model", model, "--recipe", "fp", "--preset", args.preset,
-                  "--table", FP_TABLE, "--device", args.device, "--resume"]
         t0 = time.time()
         progress.start(f"FP {model}")
         with open(log_dir / f"fp__{model}.log", "a") as f:
-            proc = subprocess.run(fp_cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=job_env)
-        tqdm.write(f"[{cfg['table']}] FP {model}: " + (f"done in {time.time() - t0:.0f} s" if proc.returncode == 0
-                   else f"FAILED (exit {proc.returncode}); log: {log_dir / f'fp__{model}.log'}"))
+            code = run_child(fp_command(model, args.preset, args.device), f, cwd=REPO, env=job_env)
+        tqdm.write(f"[{cfg['table']}] FP {model}: " + (f"done in {time.time() - t0:.0f} s" if code == 0
+                   else f"FAILED (exit {code}); log: {log_dir / f'fp__{model}.log'}"))
         progress.done(f"FP {model}")
 
     def fp_trained(model: str) -> bool:  # a detector's cache name depends on its data: its FP run's result instead

@@ -97,6 +97,31 @@ class MethodConfig:
     extra: dict = field(default_factory=dict)
 
 
+# The MethodConfig fields each part of a recipe reads (make_hooks, make_post_steps, the quantizer's gradient
+# mode): a run's training identity holds only its recipe's (qat/run_reuse.py), so EAD settings never tell two
+# ScaleGrad runs apart and a branch's parent is compared on the settings the parent trained with.
+HOOK_KEYS = {"ead": ("ead_k", "ead_alpha_max", "ead_mu_init"), "freeze": ("osc_momentum",),
+             "freeze_after_tau": ("osc_momentum",), "damp": ("damp_weight",), "ema": ("ema_decay", "ema_ramp"),
+             "lr_matched": ("dist_k",)}
+POST_KEYS = {"afw": ("afw_gamma", "afw_lambda", "afw_lr", "afw_epochs", "afw_loss", "afw_theta_init", "afw_reg"),
+             "adaround": ("adaround_iterations",),
+             "qc": ("qc_lr", "qc_epochs"), "step_only": ("step_only_epochs",)}
+
+
+def method_keys(recipe: Recipe) -> set[str]:
+    """The MethodConfig fields a run of `recipe` depends on: its own, its parent's (a branch trains on from the
+    parent's checkpoint), the oscillation tracker's momentum (every QAT run) and `extra`."""
+    keys = {"osc_momentum", "extra"} | ({"pulse_delta"} if recipe.pulse_smooth else set()) \
+        | ({"dist_k"} if recipe.distance_aware else set())
+    for name in recipe.hooks:
+        keys.update(HOOK_KEYS[name])
+    for name in recipe.post:
+        keys.update(POST_KEYS[name])
+    if recipe.branch_from is not None:
+        keys |= method_keys(get_recipe(recipe.branch_from[0]))
+    return keys
+
+
 def make_hooks(recipe: Recipe, bits: int, tau: int, cfg: MethodConfig) -> list[TrainingHook]:
     """Training hooks of `recipe`; τ is the iteration where the EAD phase starts."""
     from .ead import EADHook

@@ -17,6 +17,10 @@ could not be compared. Where a run recorded them, `budgets_as_now` holds reuse a
 to today's DET_PRESETS; the FMNIST-Det version counts as a code change, ignored like `git_commit`.)
 User-given paths (`data`,
 `fp_checkpoint`, `val_json`) stay in the identity: other weights or data are another experiment.
+Only what the run's recipe reads counts (`relevant_config`): of the method hyper-parameters those of its
+recipe and its parent's (recipes.method_keys), and an FP run has none of the QAT settings (bits, prologue,
+methods): an FP model trained for a W3 run is the one a W4 run trains.
+The same identity ties a run directory to its configuration (qat/run_dir.py).
 A run is reused only when it is finished: `result.json` in its directory and a finished W&B run there.
 """
 from __future__ import annotations
@@ -44,12 +48,49 @@ def _strip(value: Any) -> Any:
     return value
 
 
-def training_identity(config: dict) -> str:
-    """Canonical JSON of what in `config` changes training (see the module docstring)."""
+# RunConfig / DetectionConfig fields an FP run never reads (the QAT run that trains a missing FP model passes
+# its own values on).
+QAT_ONLY_KEYS = frozenset({"bits", "methods", "cle", "cle_relu6", "bias_correction", "quantize_first_last",
+                           "first_last_bits", "ead_fraction", "fig1_iterations"})
+
+
+def relevant_config(config: dict) -> dict:
+    """The part of a run's config (classification: flat; detection: its `detection_config`) that its recipe
+    reads: an FP run without QAT_ONLY_KEYS, a QAT run with only its recipe's method hyper-parameters."""
+    from .recipes import RECIPES, method_keys
     config = options_of(config)
     if "detection_config" in config:
         config = config["detection_config"]
-    return json.dumps(_strip(config), sort_keys=True, separators=(",", ":"), default=str)
+    recipe = config.get("recipe")
+    if recipe == "fp":
+        return {k: v for k, v in config.items() if k not in QAT_ONLY_KEYS}
+    if recipe in RECIPES and isinstance(config.get("methods"), dict):
+        keys = method_keys(RECIPES[recipe])
+        return dict(config, methods={k: v for k, v in config["methods"].items() if k in keys})
+    return config
+
+
+def training_identity(config: dict) -> str:
+    """Canonical JSON of what in `config` changes training (see the module docstring)."""
+    return json.dumps(_strip(relevant_config(config)), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        return {k: v for key, sub in value.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def identity_differences(config: dict, expected: dict) -> dict[str, tuple[Any, Any]]:
+    """Dotted key → (value in `config`, value in `expected`) for every key of the training identity on which
+    they differ; for a detection run that recorded them, `preset_values` when they are not today's budgets."""
+    ours, theirs = (_flat(json.loads(training_identity(c))) for c in (config, expected))
+    missing = "(unset)"
+    diff = {k: (ours.get(k, missing), theirs.get(k, missing)) for k in sorted(ours.keys() | theirs.keys())
+            if ours.get(k, missing) != theirs.get(k, missing)}
+    if not budgets_as_now(config):
+        diff["preset_values"] = (config["preset_values"], "today's DET_PRESETS budgets")
+    return diff
 
 
 def options_of(config: dict) -> dict:
@@ -73,7 +114,7 @@ def budgets_as_now(config: dict) -> bool:
 def trains_as(config: dict, expected: dict) -> bool:
     """Whether a finished run's logged `config` trained what `expected` describes: the same training identity
     and, for a detection run that recorded them, today's DET_PRESETS budgets."""
-    return training_identity(config) == training_identity(expected) and budgets_as_now(config)
+    return not identity_differences(config, expected)
 
 
 def default_config(preset: str, table: str, model: str, recipe: str, bits: int, seed: int,
@@ -142,10 +183,12 @@ def find_identical_run(preset: str, table: str, model: str, recipe: str, bits: i
     return found[0] if found else None
 
 
-def trained_otherwise(preset: str, table: str, model: str, recipe: str, bits: int, seed: int) -> bool:
+def trained_otherwise(preset: str, table: str, model: str, recipe: str, bits: int, seed: int,
+                      expected: dict | None = None) -> bool:
     """Whether this cell's own run finished with another training configuration than the launcher gives
-    the cell now (a preset or default edited since it ran, like MobileNetV1's QAT lr; for a detector, the
-    DET_PRESETS budgets it recorded): it counts as finished, but its numbers are not what the table's code
-    would train."""
+    the cell now (`expected`, default: the cell's default config; a preset or default edited since it ran,
+    like MobileNetV1's QAT lr; for a detector, the DET_PRESETS budgets it recorded): it counts as finished,
+    but its numbers are not what the table's code would train."""
     rec = finished_record(runs_root() / preset / run_name(table, model, recipe, bits, seed))
-    return rec is not None and not trains_as(rec.config, default_config(preset, table, model, recipe, bits, seed))
+    expected = expected or default_config(preset, table, model, recipe, bits, seed)
+    return rec is not None and not trains_as(rec.config, expected)

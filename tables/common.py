@@ -69,12 +69,31 @@ def load_runs(args, table: str) -> dict:
     preset_dir = Path(os.environ.get("QAT_RUNS", REPO / "runs")) / preset
     root = args.runs or preset_dir / table
     records = read_local_runs(root, with_history=False) if root.is_dir() else []  # tables read summaries
+    warn_unreadable(root, records)
     runs = {name: rec for name, rec in by_name(records).items() if rec.group == table}
     if args.runs is not None:
         if args.runs.name != table:
             return runs
         preset_dir, preset = args.runs.parent, args.runs.parent.name
     return {**runs, **borrowed_runs(runs, table, preset, preset_dir)}
+
+
+def warn_unreadable(root: Path, records: list) -> None:
+    """Name on stderr each run under `root` whose record could not be read (its cell says missing): a run
+    directory holding result.json without a complete W&B record (damaged, cut short; qat/run_dir.py), and any
+    other run whose W&B file is damaged."""
+    from qat.run_dir import run_problem
+    named = []
+    for done in sorted(root.rglob("result.json")) if root.is_dir() else []:
+        problem = run_problem(done.parent, records)
+        if problem:
+            named.append(done.parent)
+            print(f"warning: could not read run {done.parent.relative_to(root.parent)}: {problem}; its cell "
+                  f"shows missing", file=sys.stderr)
+    for r in records:
+        if r.damage and not any(Path(p).is_relative_to(d) for p in r.path.split(";") for d in named):
+            print(f"warning: could not read run {r.name or r.path}: its W&B file is damaged ({r.damage[0]})",
+                  file=sys.stderr)
 
 
 def borrowed_runs(own: dict, table: str, preset: str, preset_dir: Path) -> dict:

@@ -141,7 +141,9 @@ def test_identity_ignores_naming_and_hardware_only():
     for key, value in [("epochs", 1), ("seed", 1), ("bits", 3), ("preset_values", {}), ("fp_checkpoint", "a.pt")]:
         assert training_identity(dict(base, **{key: value})) != training_identity(base), key
     changed = dict(base, methods=dict(base["methods"], afw_lr=0.01))
-    assert training_identity(changed) != training_identity(base)
+    assert training_identity(changed) == training_identity(base)  # LSQ never reads AFW's settings
+    ours = cls_config("table5", "mobilenetv2", "scalegrad+ead+afw", 4, 0)
+    assert training_identity(dict(ours, methods=dict(ours["methods"], afw_lr=0.01))) != training_identity(ours)
     assert training_identity({"a": {"name": 1, "b": 2.0}}) == training_identity({"a": {"b": 2}})  # nested, 2.0 = 2
     assert {"table", "device", "git_commit", "save_dir"} <= IGNORED_KEYS
 
@@ -263,10 +265,10 @@ def test_launcher_reuses_identical_runs(env, tmp_path, capsys):
     assert f"reuse table2/mobilenetv2/lsq/w4a4/s0 from {source}" in out and "1 reusable from other tables" in out
     assert "todo " in out and "--recipe damp" in out  # epochs differ there: trained
 
-    # extra arguments pass through: nothing is reused
+    # extra arguments pass through: what is reused is a run trained with them (table5's damp with epochs=1)
     assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
-    assert "reuse " not in out and "--recipe lsq" in out
+    assert "1 reusable" in out and "reuse table2/mobilenetv2/damp/w4a4/s0" in out and "--recipe lsq" in out
 
     # a real launch of the reusable run trains nothing (no FP model, no run, no log)
     assert experiments.main([str(launcher_config(tmp_path, ["lsq"])), "--preset", PRESET]) == 0
@@ -285,5 +287,8 @@ def test_launcher_warns_of_own_runs_trained_otherwise(env, tmp_path, capsys):
     assert "2 finished already" in out
     warned = [line for line in err.splitlines() if "warning" in line]
     assert len(warned) == 1 and "table5/mobilenetv2/damp/w4a4/s0 finished with other training settings" in warned[0]
-    assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run", "--epochs", "1"]) == 0
-    assert "warning" not in capsys.readouterr().err  # extra arguments: the defaults are not what runs
+    # extra arguments asking for other settings than a finished run has: refused, not skipped
+    assert experiments.main([str(cfg), "--preset", PRESET, "--dry-run", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: 1 finished run(s) were trained with other settings") and \
+        "table5/mobilenetv2/lsq/w4a4/s0" in err

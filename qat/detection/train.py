@@ -7,8 +7,9 @@ QAT needs an FP model: for the proxy presets it is trained once and cached under
 checkpoints/fp/{detector}-det-{preset}-{data digest}.pt (this module trains it when missing).
 
 Run directory: runs/{preset}/{table}/{detector}/{recipe}/w{b}a{b}/s{seed} (FP: .../fp/s{seed}), holding
-the Ultralytics run (weights/qat_*.pt checkpoints, results.csv), the W&B run, and `result.json`, written
-last: a run whose result.json exists is not run again; an unfinished one continues with `--resume`
+the Ultralytics run (weights/qat_*.pt checkpoints, results.csv), the W&B run, `config.json` + `.lock`
+(qat/run_dir.py: one configuration, one process at a time) and `result.json`, written last: a run whose
+result.json exists is not run again; an unfinished one continues with `--resume`
 (from its last epoch, or from the trained model when it was killed in the post steps). Recipes that branch (SPEC: scalegrad+ead from
 scalegrad at τ; adaround / step-only from a trained model) start from the parent run's checkpoint and
 run the parent first when it is missing.
@@ -29,6 +30,7 @@ import torch
 from ..config import FP_TABLE, PresetRun, check_fp_budgets, fp_cache_path
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import MethodConfig, get_recipe
+from ..run_dir import BUSY_EXIT, RunBusy, check_parent, claim, finished_result
 from ..train import checkpoint
 
 # Budgets per preset. The data set of the FMNIST-Det presets is the FMNIST-Det preset of the same name.
@@ -146,10 +148,21 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
     c = replace(cfg, **kwargs) if cfg is not None else DetectionConfig(**kwargs)
     torch.set_flush_denormal(True)  # as in classification: denormals slow CPU backward ~10×
     validate_config(c)
+    with claim(c.run_dir, logged_config(c)):
+        return _train(c)
+
+
+def logged_config(c: DetectionConfig) -> dict:
+    """The run's configuration as logged to W&B and recorded in its directory."""
+    return {"detection_config": _jsonable(dataclasses.asdict(c)), "preset_values": dict(DET_PRESETS[c.preset])}
+
+
+def _train(c: DetectionConfig) -> dict:
     done = c.run_dir / "result.json"
-    if done.is_file():
+    result = finished_result(c.run_dir)
+    if result is not None:
         print(f"[qat] {c.run_name}: finished already ({done})", flush=True)
-        return json.loads(done.read_text())
+        return result
     data_yaml, val_json, digest = dataset_for(c)
     init_from = None
     fp_ckpt = c.fp_checkpoint
@@ -197,7 +210,7 @@ def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
         val_json=val_json, ead_fraction=c.ead_fraction, max_iterations=c.max_iterations,
         fig1_iterations=c.fig1_iterations, wandb=c.wandb, name=c.run_name, group=c.table, preset=c.preset,
         tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
-        config={"detection_config": _jsonable(dataclasses.asdict(c)), "preset_values": dict(DET_PRESETS[c.preset])})
+        config=logged_config(c))
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
     overrides = dict(model=DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
                      batch=c.batch or p("batch"), lr0=c.training_lr, seed=c.seed, device=c.device,
@@ -229,7 +242,9 @@ def _parent_checkpoint(c: DetectionConfig, parent_recipe: str, point: str) -> tu
     if c.out:  # keep ad-hoc output trees self-contained
         parent = replace(parent, out=str(Path(c.out).parent / parent_recipe.replace("/", "_")))
     path = parent.run_dir / "weights" / ("qat_tau.pt" if point == "tau" else "qat_trained.pt")
-    if not path.is_file():
+    if path.is_file():  # (a parent run trained here checks its directory itself)
+        check_parent(parent.run_dir, logged_config(parent), c.recipe, point)
+    else:
         print(f"[qat] {c.recipe} branches from {parent_recipe} at {point}: running it first", flush=True)
         train_detector(parent)
     if not path.is_file():
@@ -253,6 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
                       description=__doc__, ultralytics_ids=True)
 
 
+def parse_config(argv=None) -> DetectionConfig:
+    """The DetectionConfig of a command line (Ultralytics detectors); bad input exits with one `error:` line."""
+    from ..cli import parse_config as parse_run_config
+    return parse_run_config(argv, DetectionConfig, parser=build_parser())
+
+
 def main(argv=None) -> int:
     from .torch_detectors import TORCH_DETECTORS
     pre = argparse.ArgumentParser(add_help=False)
@@ -260,8 +281,7 @@ def main(argv=None) -> int:
     if pre.parse_known_args(argv)[0].model in TORCH_DETECTORS:  # SSD / YOLOX: our own loop (torch_train.py)
         from .torch_train import main as torch_main
         return torch_main(argv)
-    from ..cli import parse_config
-    cfg = parse_config(argv, DetectionConfig, parser=build_parser())
+    cfg = parse_config(argv)
     from ..train.checkpoint import CheckpointError
     from .ultralytics_qat import NonFiniteLoss
     try:
@@ -269,6 +289,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
+    except RunBusy as e:
+        sys.stderr.write(f"error: {e}\n")
+        return BUSY_EXIT
     except NonFiniteLoss as e:
         sys.stderr.write(f"error: {e}\n")
         return 1

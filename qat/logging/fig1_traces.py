@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..hooks import TrainingHook, TrainState
-from ..modules import low_bit_layers, quant_layers
+from ..modules import quant_layers
 
 OSCILLATING_FREQUENCY = 0.005  # as OscillationTrackingHook: a weight oscillates when its frequency exceeds this
 HIST_BINS_PER_LEVEL = 10

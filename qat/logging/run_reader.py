@@ -13,6 +13,10 @@ earlier one with the same step).
 State: "finished" (exit record with code 0), "crashed" (non-zero exit code; the API's "failed" and
 "crashed" both map here), "running" (no exit record, file written within `running_window_s`),
 "killed" (no exit record, file older than that). Only "finished" runs should fill a table cell.
+A record whose file holds a corrupt record (CRC mismatch, a fragment crossing its block, an undecodable
+payload) lists it in `damage` and does not count as finished: the lost records may hold its results.
+(A file cut mid-record is not damage by itself: a killed run leaves one; a finished run whose file lost its
+end reads as killed or running, see qat/run_dir.py for the run directory's view.)
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ class RunRecord:
     project: str = ""
     segments: int = 1  # number of .wandb files merged (1 + number of resumes)
     start_time: float = 0.0  # unix time the (first segment of the) run started; 0 if unknown
+    damage: list[str] = field(default_factory=list)  # corrupt records found in its files (none: intact)
 
     @property
     def finished(self) -> bool:
-        return self.state == "finished"
+        """Ended with exit code 0 and read without damage: only such a run fills a table cell."""
+        return self.state == "finished" and not self.damage
 
     def metric(self, key: str) -> list[Any]:
         """The values of one history key in step order (rows that lack it are skipped)."""
@@ -123,6 +129,7 @@ class _Segment:
     history: list[dict] = field(default_factory=list)
     exit_code: int | None = None
     mtime: float = 0.0
+    damage: list[str] = field(default_factory=list)
 
 
 def read_run_file(path: str | Path, *, with_history: bool = True) -> _Segment:
@@ -132,7 +139,7 @@ def read_run_file(path: str | Path, *, with_history: bool = True) -> _Segment:
     run_id = path.stem[len("run-"):] if path.stem.startswith("run-") else path.stem
     seg = _Segment(path=path, run_id=run_id, mtime=path.stat().st_mtime)
     summary_ops: dict[tuple[str, ...], tuple[str, str]] = {}
-    for rec in iter_records(path):
+    for rec in iter_records(path, problems=seg.damage):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             r = rec.run
@@ -199,6 +206,7 @@ def _merge(segments: list[_Segment], now: float, running_window_s: float) -> Run
             else:
                 unstepped.append(row)
     last = segments[-1]
+    damage = [f"{s.path}: {p}" for s in segments for p in s.damage]
     history = [rows[s] for s in sorted(rows)] + unstepped
     return RunRecord(
         run_id=last.run_id,
@@ -214,6 +222,7 @@ def _merge(segments: list[_Segment], now: float, running_window_s: float) -> Run
         project=project,
         segments=len(segments),
         start_time=segments[0].start_time,
+        damage=damage,
     )
 
 

@@ -33,12 +33,12 @@ class RecordLogError(ValueError):
     """The file is not a W&B record log."""
 
 
-def iter_payloads(data: bytes, *, strict: bool = False) -> Iterator[bytes]:
+def iter_payloads(data: bytes, *, strict: bool = False, problems: list[str] | None = None) -> Iterator[bytes]:
     """Yield the reassembled record payloads of a record-log byte string.
 
     A corrupt fragment (bad CRC, length past the block, unknown type) drops the fragment being
-    assembled and skips to the next block, as LevelDB's reader does; `strict` raises instead.
-    A truncated tail ends the iteration.
+    assembled and skips to the next block, as LevelDB's reader does, and is described in `problems`
+    (when given); `strict` raises instead. A truncated tail ends the iteration.
     """
     if data[: len(FILE_HEADER)] != FILE_HEADER:
         raise RecordLogError(f"not a W&B record log (header {data[:7]!r})")
@@ -70,6 +70,8 @@ def iter_payloads(data: bytes, *, strict: bool = False) -> Iterator[bytes]:
         if problem is not None:
             if strict:
                 raise RecordLogError(f"corrupt record at byte {pos}: {problem}")
+            if problems is not None:
+                problems.append(f"corrupt record at byte {pos}: {problem}")
             pending = None
             pos += block_left
             continue
@@ -88,17 +90,20 @@ def iter_payloads(data: bytes, *, strict: bool = False) -> Iterator[bytes]:
         # a MIDDLE/LAST without its FIRST (after a skipped block) is dropped
 
 
-def iter_records(path: str | Path, *, strict: bool = False):
-    """Yield the `wandb_internal_pb2.Record` messages stored in a `run-<id>.wandb` file."""
+def iter_records(path: str | Path, *, strict: bool = False, problems: list[str] | None = None):
+    """Yield the `wandb_internal_pb2.Record` messages stored in a `run-<id>.wandb` file; corrupt or undecodable
+    records are skipped and described in `problems` (when given), or raise with `strict`."""
     from wandb.proto import wandb_internal_pb2 as pb  # lazy: importing wandb takes ~0.5 s
 
     data = Path(path).read_bytes()
-    for payload in iter_payloads(data, strict=strict):
+    for payload in iter_payloads(data, strict=strict, problems=problems):
         record = pb.Record()
         try:
             record.ParseFromString(payload)
         except Exception as e:  # protobuf's DecodeError
             if strict:
                 raise RecordLogError(f"{path}: undecodable record: {e}") from e
+            if problems is not None:
+                problems.append(f"undecodable record: {e}")
             continue
         yield record

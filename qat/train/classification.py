@@ -2,7 +2,8 @@
 
 One run = one directory holding `checkpoint.pt` (every epoch), `checkpoint_tau.pt` (at τ, for runs
 that branch there), `trained.pt` (end of training, before post steps), `result.json` (written last:
-its presence means the run finished) and the W&B run.
+its presence means the run finished), the W&B run, and `config.json` + `.lock` (qat/run_dir.py: the directory
+belongs to one configuration and one process).
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from ..models import build_model
 from ..modules import quant_layers, set_gradient_mode, step_parameters
 from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
 from ..recipes import get_recipe, make_hooks, make_post_steps
+from ..run_dir import check_parent, claim, finished_result
 from . import checkpoint as ckpt
 from .distributed import all_reduce_sum, barrier, init_distributed, is_main
 
@@ -292,21 +295,23 @@ class Trainer:
     # -------------------------------------------------------------------- run
     def run(self) -> dict:
         """Train (or resume, or branch), run the post steps, record the result; a failure marks the
-        W&B run crashed (exit code 1) so no table takes a number from it."""
-        try:
-            return self._run()
-        except BaseException:
-            if self.logger is not None:
-                self.logger.finish(1)
-            raise
+        W&B run crashed (exit code 1) so no table takes a number from it. The run directory is locked and
+        tied to this configuration for the whole run (qat/run_dir.py)."""
+        with claim(self.run_dir, self.cfg.to_dict()) if is_main() else nullcontext():
+            try:
+                return self._run()
+            except BaseException:
+                if self.logger is not None:
+                    self.logger.finish(1)
+                raise
 
     def _run(self) -> dict:
         c = self.cfg
-        done = self.run_dir / "result.json"
-        if done.is_file():
+        done = finished_result(self.run_dir)
+        if done is not None:
             if is_main():
-                print(f"[qat] {c.run_name}: finished already ({done})", flush=True)
-            return json.loads(done.read_text())
+                print(f"[qat] {c.run_name}: finished already ({self.run_dir / 'result.json'})", flush=True)
+            return done
         torch.manual_seed(c.seed)
         recipe = None if c.is_fp else get_recipe(c.recipe)
         epochs = self.epochs()
@@ -432,7 +437,9 @@ class Trainer:
             parent_dir = Path(self.cfg.out).parent / parent_recipe.replace("/", "_")
             parent_cfg = replace(parent_cfg, out=str(parent_dir))
         path = parent_dir / ("checkpoint_tau.pt" if point == "tau" else "trained.pt")
-        if not path.is_file():
+        if path.is_file():  # (a parent run trained here checks its directory itself)
+            check_parent(parent_dir, parent_cfg.to_dict(), self.cfg.recipe, point)
+        else:
             if is_main():
                 print(f"[qat] {self.cfg.recipe} branches from {parent_recipe} at {point}: running it first", flush=True)
             type(self)(parent_cfg).run()
