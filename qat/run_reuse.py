@@ -89,7 +89,7 @@ def identity_differences(config: dict, expected: dict) -> dict[str, tuple[Any, A
     diff = {k: (ours.get(k, missing), theirs.get(k, missing)) for k in sorted(ours.keys() | theirs.keys())
             if ours.get(k, missing) != theirs.get(k, missing)}
     if not budgets_as_now(config):
-        diff["preset_values"] = (config["preset_values"], "today's DET_PRESETS budgets")
+        diff["preset_values"] = (options_of(config)["preset_values"], "today's DET_PRESETS budgets")
     return diff
 
 

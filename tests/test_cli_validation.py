@@ -202,11 +202,11 @@ def test_launcher_progress_counts_fp_models_and_shows_the_run_training(launcher_
     monkeypatch.setattr(tqdm.auto.tqdm, "__init__", recording_init)
     seen = []
 
-    def fake_run(cmd, **kwargs):
+    def fake_run(cmd, log, **kwargs):  # the launcher starts each run through run_child
         seen.append((cmd[cmd.index("--recipe") + 1], bars[-1].n, str(bars[-1].postfix)))
-        return subprocess.CompletedProcess(cmd, 0)
+        return 0
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(experiments, "run_child", fake_run)
     path = write_config(launcher_env, seeds=[0, 1])
     assert experiments.main([str(path), "--preset", "smoke", "--device", "cpu", "--jobs", "1"]) == 0
     assert bars[-1].total == 3 and bars[-1].n == 3  # the FP model is work too
