@@ -29,7 +29,8 @@ from qat.modules import convert, step_parameters
 
 BITS = 3
 STEP = 0.1   # initial step size: targets sit on the 3-bit grid's levels −3 … 2 plus u
-METHODS = ("lsq", "damp", "freeze", "scalegrad", "ead")
+METHODS = ("lsq", "damp", "freeze", "scalegrad", "pulsesmooth", "distance", "ead")
+GRADIENT_MODES = {"scalegrad": (0.1, 1.0), "pulsesmooth": (0.1, None), "distance": (None, 1.0)}  # SPEC §2 defaults
 
 
 @dataclass
@@ -86,7 +87,7 @@ def hooks_for(method: str, settings: ToySettings):
         hooks.append(FreezeHook(BITS))
     elif method == "ead":
         hooks.append(EADHook(tau))
-    elif method not in ("lsq", "scalegrad"):
+    elif method != "lsq" and method not in GRADIENT_MODES:
         raise ValueError(f"toy regression: unknown method {method!r}; choose from {', '.join(METHODS)}")
     return hooks
 
@@ -95,8 +96,8 @@ def simulate(method: str, settings: ToySettings = ToySettings()) -> ToyRun:
     torch.manual_seed(settings.seed)
     model, target = toy_problem(settings)
     layer = model[0]
-    if method == "scalegrad":  # SPEC §2 defaults: PulseSmooth δ = 0.1, distance factor k = 1
-        layer.weight_quant.pulse_delta, layer.weight_quant.dist_k = 0.1, 1.0
+    if method in GRADIENT_MODES:  # ScaleGrad or one of its parts (PulseSmooth δ, distance factor k)
+        layer.weight_quant.pulse_delta, layer.weight_quant.dist_k = GRADIENT_MODES[method]
     hooks = hooks_for(method, settings)
     state = TrainState(model, total_iterations=settings.iterations)
     for h in hooks:
