@@ -53,3 +53,24 @@ def compare_outputs(model: nn.Module, onnx_path, batches, packed_model: nn.Modul
     if packed_model is not None:
         result["packed_identical"] = bool(identical)
     return result
+
+
+@torch.no_grad()
+def compare_raw_outputs(model: nn.Module, onnx_path, images: torch.Tensor, output_names, packed_model=None) -> dict:
+    """A detector's raw head outputs: per output, max |difference| relative to max |output| (tolerance
+    LOGIT_TOLERANCE); and whether the packed model's outputs are identical."""
+    session = onnx_session(onnx_path)
+    model.eval()
+    refs = model(images)
+    outs = session.run(None, {"input": images.numpy()})
+    result = {"images": len(images), "logit_tolerance": LOGIT_TOLERANCE, "outputs": {}}
+    for name, ref, out in zip(output_names, refs, outs):
+        diff = float((torch.from_numpy(out) - ref).abs().max())
+        scale = float(ref.abs().max())
+        result["outputs"][name] = {"max_abs_difference": diff, "max_abs_output": scale,
+                                   "relative_difference": diff / max(scale, np.finfo(np.float32).tiny)}
+    result["relative_logit_difference"] = max(o["relative_difference"] for o in result["outputs"].values())
+    result["onnx_within_tolerance"] = bool(result["relative_logit_difference"] <= LOGIT_TOLERANCE)
+    if packed_model is not None:
+        result["packed_identical"] = all(torch.equal(a, b) for a, b in zip(packed_model(images), refs))
+    return result

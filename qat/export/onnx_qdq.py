@@ -25,6 +25,7 @@ import contextlib
 import copy
 import io
 import json
+import warnings
 from pathlib import Path
 
 import ml_dtypes
@@ -110,39 +111,57 @@ def with_markers(model: nn.Module, specs: dict) -> nn.Module:
     return marked
 
 
-@contextlib.contextmanager
-def _module_trace(model: nn.Module, entered: list):
-    """Record the modules entered while tracing, so an exporter failure can name its layer."""
-    handles = [m.register_forward_pre_hook(lambda mod, args, n=n: entered.append(n))
-               for n, m in model.named_modules() if n]
+def _torchscript_export(model: nn.Module, args: tuple, f, **kwargs) -> None:
+    with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, args, f, dynamo=False, opset_version=EXPORT_OPSET,
+                          custom_opsets={MARKER_DOMAIN: 1}, **kwargs)
+
+
+def failing_layer(model: nn.Module, example: torch.Tensor) -> str | None:
+    """The deepest module that fails to export on its own (its inputs recorded from one eager forward), or None.
+    Run only after the whole model failed: it exports every module once."""
+    inputs, order = {}, []
+
+    def record(name):
+        def hook(module, args):
+            if name not in inputs:
+                inputs[name] = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+                order.append(name)
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(n)) for n, m in model.named_modules()
+               if n and not isinstance(m, _QuantizerMarker)]
     try:
-        yield
+        with torch.no_grad():
+            model(example)
+    except Exception:
+        pass
     finally:
         for h in handles:
             h.remove()
+    failing = []
+    for name in order:
+        try:
+            _torchscript_export(model.get_submodule(name), inputs[name], io.BytesIO())
+        except Exception:
+            failing.append(name)
+    return max(failing, key=lambda n: n.count(".")) if failing else None
 
 
-def _layer_of_failure(model: nn.Module, entered: list[str]) -> str:
-    if not entered:
-        return "(before the first layer)"
-    last = entered[-1]
-    return f"{last} ({type(model.get_submodule(last)).__name__})"
-
-
-def float_graph_with_markers(model: nn.Module, example: torch.Tensor, specs: dict) -> onnx.ModelProto:
-    buffer, entered = io.BytesIO(), []
+def float_graph_with_markers(model: nn.Module, example: torch.Tensor, specs: dict,
+                             output_names=("output",)) -> onnx.ModelProto:
+    buffer = io.BytesIO()
     model = with_markers(model, specs)
     try:
-        with torch.no_grad(), _module_trace(model, entered), \
-                contextlib.redirect_stderr(io.StringIO()):
-            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=EXPORT_OPSET,
-                              input_names=["input"], output_names=["output"],
-                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-                              do_constant_folding=True, custom_opsets={MARKER_DOMAIN: 1})
+        _torchscript_export(model, (example,), buffer, input_names=["input"], output_names=list(output_names),
+                            dynamic_axes={n: {0: "batch"} for n in ("input", *output_names)},
+                            do_constant_folding=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"layer {_layer_of_failure(model, entered)} cannot be exported to ONNX: "
-                          f"{type(e).__name__}: {first[:300]}") from None
+        name = failing_layer(model, example)
+        where = f"layer {name} ({type(model.get_submodule(name)).__name__})" if name else "the model"
+        raise ExportError(f"{where} cannot be exported to ONNX: {type(e).__name__}: {first[:300]}") from None
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -244,11 +263,12 @@ def metadata(specs: dict) -> dict:
             for key, spec in specs.items()}
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, extra_metadata: dict | None = None) -> Path:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path, extra_metadata: dict | None = None,
+                output_names=("output",)) -> Path:
     """Write `model` (a fake-quant model, eval mode) as a QDQ ONNX file checked by onnx.checker."""
     model = model.eval()
     specs = quantizer_specs(model)
-    proto = to_opset(insert_qdq(float_graph_with_markers(model, example, specs), specs))
+    proto = to_opset(insert_qdq(float_graph_with_markers(model, example, specs, output_names), specs))
     proto.doc_string = ("QDQ export of a qat fake-quant model: weights are integer codes of the quantizer's grid "
                         "[qmin, qmax] (bits in metadata_props 'qat.quantizers')")
     entries = {METADATA_KEY: json.dumps(metadata(specs))}

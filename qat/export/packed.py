@@ -1,7 +1,9 @@
 """Bit-packed integer checkpoint of a fake-quant model, and its loader.
 
 File (torch.save of a dict, FORMAT below):
-  "config":  the run's recorded configuration (the loader rebuilds the module tree from it, as a resume does)
+  "build":   what the loader rebuilds the module tree from, as a resume does: {"kind": "classifier", "config": the
+             run's recorded configuration} or {"kind": "detector", detector, nc, channels, imgsz, bits, recipe,
+             prologue} (qat.export.detector.detector_structure)
   "codes":   per quantized layer {"packed": uint8 tensor, "bits", "qmin", "shape"}: the effective codes (frozen
              ones included) minus qmin, b bits each, most significant bit first, bit-packed (numpy packbits)
   "float":   every other entry of the state dict: biases, step sizes, layers left in float, quantizers' bits
@@ -37,7 +39,7 @@ def unpack_bits(packed: np.ndarray, bits: int, qmin: int, count: int) -> np.ndar
     return (planes << np.arange(bits - 1, -1, -1)).sum(1) + qmin
 
 
-def packed_state(model: nn.Module, config: dict) -> dict:
+def packed_state(model: nn.Module, build: dict) -> dict:
     layers = dict(quant_layers(model))
     codes = {}
     for name, layer in layers.items():
@@ -48,11 +50,11 @@ def packed_state(model: nn.Module, config: dict) -> dict:
     weights = {f"{name}.weight" for name in layers}
     floats = {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v)
               for k, v in model.state_dict().items() if k not in weights}
-    return {"format": FORMAT, "config": config, "codes": codes, "float": floats}
+    return {"format": FORMAT, "build": build, "codes": codes, "float": floats}
 
 
-def save_packed(model: nn.Module, config: dict, path: Path) -> Path:
-    ckpt.save(packed_state(model, config), Path(path))
+def save_packed(model: nn.Module, build: dict, path: Path) -> Path:
+    ckpt.save(packed_state(model, build), Path(path))
     return Path(path)
 
 
@@ -74,16 +76,22 @@ def unpacked_state_dict(packed: dict) -> dict:
     return state
 
 
-def load_packed_model(path: Path) -> tuple[nn.Module, object]:
-    """(fake-quant model in eval mode, its trainer) rebuilt from a packed checkpoint."""
-    from .run_model import build_quantized_structure, run_config
+def load_packed_model(path: Path) -> nn.Module:
+    """The fake-quant model (eval mode; a detector itself, not its raw-output wrapper) from a packed checkpoint."""
     packed = read_packed(path)
-    trainer, model = build_quantized_structure(run_config(packed["config"]))
+    build = dict(packed["build"])
+    if build.pop("kind") == "detector":
+        from .detector import detector_structure
+        model = detector_structure(build["detector"], build["nc"], build["channels"], build["imgsz"], build["bits"],
+                                   build["recipe"], build["prologue"])
+    else:
+        from .run_model import build_quantized_structure, run_config
+        _, model = build_quantized_structure(run_config(build["config"]))
     try:
         model.load_state_dict(unpacked_state_dict(packed))
     except RuntimeError as e:
         raise ExportError(f"{path} does not fit its recorded configuration: {str(e)[:300]}") from None
-    return model.eval(), trainer
+    return model.eval()
 
 
 def packed_code_bytes(packed: dict) -> int:

@@ -72,15 +72,16 @@ def load_run(run_dir: Path) -> LoadedRun:
         model.load_state_dict(ckpt.load(run_dir / "final.pt")["model"])
     except RuntimeError as e:
         raise ExportError(f"{run_dir / 'final.pt'} does not fit the recorded configuration: {str(e)[:300]}") from None
-    attach_frozen_codes(model, run_dir, cfg)
+    attach_frozen_codes_from(model, run_dir / "trained.pt", cfg.recipe)
     return LoadedRun(cfg, trainer, model.eval(), json.loads((run_dir / "result.json").read_text()))
 
 
-def attach_frozen_codes(model: nn.Module, run_dir: Path, cfg: RunConfig) -> None:
-    """Give the layers their frozen codes when the final model evaluated with them (see the module doc)."""
-    if get_recipe(cfg.recipe).post or not (run_dir / "trained.pt").is_file():
+def attach_frozen_codes_from(model: nn.Module, trained: Path, recipe: str) -> None:
+    """Give the layers their frozen codes from the trained checkpoint's FreezeHook state when the final model
+    evaluated with them (see the module doc)."""
+    if get_recipe(recipe).post or not trained.is_file():
         return
-    frozen = ckpt.load(run_dir / "trained.pt").get("hooks", {}).get("FreezeHook", {})
+    frozen = ckpt.load(trained).get("hooks", {}).get("FreezeHook", {})
     layers = dict(quant_layers(model))
     for name, state in frozen.items():
         wq = layers[name].weight_quant
