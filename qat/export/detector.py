@@ -53,7 +53,7 @@ def load_detector_run(run_dir, recorded: dict):
 
     The spec (detector, classes, channels, image size, bits, recipe, prologue) is what the packed checkpoint's
     loader needs; classes and channels are read off the trained weights. The check images are the first val
-    images of the run's FMNIST-Det set, resized to the run's image size (Ultralytics letterboxes these square
+    images of the run's data (its data yaml's, else its FMNIST-Det set's), resized to the run's image size (Ultralytics letterboxes these square
     canvases to the same square), RGB in [0, 1].
     """
     import json
@@ -82,7 +82,7 @@ def load_detector_run(run_dir, recorded: dict):
         raise ExportError(f"{final} does not fit {spec['detector']} as recorded: {str(e)[:300]}") from None
     attach_frozen_codes_from(model, trained, spec["recipe"])
     return RawHeadOutputs(model).eval(), spec, json.loads((run_dir / "result.json").read_text()), \
-        check_images(preset.get("fmnist_det"), spec["imgsz"], spec["channels"])
+        check_images(val_images_dir(c, preset), spec["imgsz"], spec["channels"])
 
 
 def _last_cls_conv(state: dict, prefix: str) -> str:
@@ -91,15 +91,29 @@ def _last_cls_conv(state: dict, prefix: str) -> str:
     return max(keys, key=lambda k: [int(p) if p.isdigit() else -1 for p in k.split(".")])
 
 
-def check_images(fmnist_det: str | None, imgsz: int, channels: int, count: int = 16) -> torch.Tensor:
-    if fmnist_det is None:
-        raise ExportError("the run's preset has no FMNIST-Det set to check the export on (a COCO run: export the "
-                          "model with qat.export.onnx_qdq.export_onnx and check it on your own images)")
+def val_images_dir(c: dict, preset: dict):
+    """The run's val images: its data yaml's `val` folder, else its preset's FMNIST-Det set."""
+    from pathlib import Path
+    if c.get("data"):
+        import yaml
+        spec = yaml.safe_load(Path(c["data"]).read_text()) or {}
+        folder = Path(spec.get("path", "")) / str(spec.get("val", ""))
+        if not folder.is_dir():
+            raise ExportError(f"the val images of {c['data']} are not a folder ({folder}); export the model with "
+                              f"qat.export.onnx_qdq.export_onnx and check it on your own images")
+        return folder
+    if not preset.get("fmnist_det"):
+        raise ExportError("the run records neither a data yaml nor an FMNIST-Det set to check the export on")
+    from ..data.fmnist_det import build_fmnist_det
+    return build_fmnist_det(preset["fmnist_det"]).images("val")
+
+
+def check_images(folder, imgsz: int, channels: int, count: int = 16) -> torch.Tensor:
     import numpy as np
     from PIL import Image
-
-    from ..data.fmnist_det import build_fmnist_det
-    files = sorted(build_fmnist_det(fmnist_det).images("val").glob("*"))[:count]
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[:count]
+    if not files:
+        raise ExportError(f"no val images in {folder} to check the export on")
     batch = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
                          for f in files])[:, :channels]
     return torch.nn.functional.interpolate(batch, size=(imgsz, imgsz), mode="bilinear", align_corners=False)
