@@ -6,11 +6,15 @@ distribution logits ("boxes") and the class logits ("scores"), as the head retur
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from ..detection.ultralytics_qat import detect_head
-from .run_model import ExportError
+from ..train import checkpoint as ckpt
+from .run_model import ExportError, attach_frozen_codes_from
 
 OUTPUT_NAMES = ("boxes", "scores")
 
@@ -53,14 +57,9 @@ def load_detector_run(run_dir, recorded: dict):
 
     The spec (detector, classes, channels, image size, bits, recipe, prologue) is what the packed checkpoint's
     loader needs; classes and channels are read off the trained weights. The check images are the first val
-    images of the run's data (its data yaml's, else its FMNIST-Det set's), resized to the run's image size (Ultralytics letterboxes these square
-    canvases to the same square), RGB in [0, 1].
+    images of the run's data (its data yaml's, else its FMNIST-Det set's) resized to the run's image size
+    (Ultralytics letterboxes these square canvases to the same square), RGB in [0, 1].
     """
-    import json
-    from pathlib import Path
-
-    from ..train import checkpoint as ckpt
-    from .run_model import attach_frozen_codes_from
     run_dir = Path(run_dir)
     c, preset = recorded["detection_config"], recorded.get("preset_values", {})
     final, trained = run_dir / "weights" / "qat_final.pt", run_dir / "weights" / "qat_trained.pt"
@@ -93,7 +92,6 @@ def _last_cls_conv(state: dict, prefix: str) -> str:
 
 def val_images_dir(c: dict, preset: dict):
     """The run's val images: its data yaml's `val` folder, else its preset's FMNIST-Det set."""
-    from pathlib import Path
     if c.get("data"):
         import yaml
         spec = yaml.safe_load(Path(c["data"]).read_text()) or {}

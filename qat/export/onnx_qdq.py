@@ -165,19 +165,15 @@ def float_graph_with_markers(model: nn.Module, example: torch.Tensor, specs: dic
     return onnx.load_from_string(buffer.getvalue())
 
 
-def _initializer(array: np.ndarray, name: str) -> onnx.TensorProto:
-    return numpy_helper.from_array(array, name)
-
-
 def _qdq_nodes(node: onnx.NodeProto, spec: dict, key: str) -> tuple[list, list]:
     """(nodes, initializers) replacing one marker node."""
     dtype, _ = _integer_type(spec["bits"], spec["signed"])
     step = spec["step"].numpy().astype(np.float32)
-    scale, zero = _initializer(step, f"{key}.scale"), _initializer(np.zeros(step.shape, dtype), f"{key}.zero_point")
+    scale, zero = numpy_helper.from_array(step, f"{key}.scale"), numpy_helper.from_array(np.zeros(step.shape, dtype), f"{key}.zero_point")
     out = node.output[0]
     if spec["kind"] == "weight_quant":
         codes = spec["codes"].numpy().astype(np.int8).astype(dtype)
-        init = _initializer(codes, f"{key}.codes")
+        init = numpy_helper.from_array(codes, f"{key}.codes")
         dq = helper.make_node("DequantizeLinear", [init.name, scale.name, zero.name], [out], name=f"{key}.dq",
                               axis=0)
         return [dq], [init, scale, zero]
@@ -187,8 +183,8 @@ def _qdq_nodes(node: onnx.NodeProto, spec: dict, key: str) -> tuple[list, list]:
         return [q, dq], [scale, zero]  # QuantizeLinear saturates to exactly [qmin, qmax]
     # A grid narrower than its type (3 bits in a 4-bit type): clamp to [s·qmin, s·qmax] first, as Max → Min
     # (a Clip before a 4-bit QuantizeLinear makes ONNX Runtime 1.32's ClipQuantFusion fail at session start).
-    lo = _initializer(np.asarray(step * spec["qmin"], np.float32), f"{key}.clamp_min")
-    hi = _initializer(np.asarray(step * spec["qmax"], np.float32), f"{key}.clamp_max")
+    lo = numpy_helper.from_array(np.asarray(step * spec["qmin"], np.float32), f"{key}.clamp_min")
+    hi = numpy_helper.from_array(np.asarray(step * spec["qmax"], np.float32), f"{key}.clamp_max")
     low = helper.make_node("Max", [node.input[0], lo.name], [f"{key}.above_min"], name=f"{key}.max")
     high = helper.make_node("Min", [f"{key}.above_min", hi.name], [f"{key}.clamped"], name=f"{key}.min")
     q.input[0] = f"{key}.clamped"

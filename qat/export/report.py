@@ -6,7 +6,6 @@ the part that the codes replace (≈ b/32 of it for b-bit layers).
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from torch import nn
@@ -74,7 +73,3 @@ def markdown(report: dict, title: str) -> str:
                   f"round trip identical: {c.get('packed_identical')}."]
     return "\n".join(lines) + "\n"
 
-
-def expected_code_bytes(weights_per_layer_bits) -> int:
-    """Σ ceil(n·b/8) over (n, b): the packed codes' size."""
-    return sum(math.ceil(n * b / 8) for n, b in weights_per_layer_bits)
