@@ -181,3 +181,19 @@ def test_a_finished_smoke_detector_run_exports_and_ort_agrees(dirs, monkeypatch,
     assert check["relative_logit_difference"] <= check["logit_tolerance"] and check["packed_identical"] is True
     assert {b: r["ratio"] for b, r in report["sizes"]["by_bits"].items()} == pytest.approx({"3": 3 / 32, "8": 8 / 32},
                                                                                          rel=1e-3)
+
+
+def test_ort_check_keeps_the_float_bias_the_fake_quant_model_uses(tmp_path):
+    """A bias of 0.4 at s_x·s_w = 1 before a quantizer of step 0.5: the float bias gives code 2k+1, a bias rounded
+    to int32 (ONNX Runtime's WeightBiasQuantization) 2k. The check's session must compute the former."""
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.Conv2d(1, 1, 1))
+    convert(model, 4, quantize_first_last=True)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0), model[0].bias.fill_(0.4), model[1].weight.fill_(1.0), model[1].bias.zero_()
+        model[0].weight_quant.step.fill_(1.0), model[0].input_quant.step.fill_(1.0)
+        model[1].weight_quant.step.fill_(1.0), model[1].input_quant.step.fill_(0.5)
+    x = torch.arange(8.0).view(2, 1, 2, 2)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    path = export_onnx(model, x[:1], tmp_path / "m.onnx")
+    assert torch.equal(_onnx_outputs(path, x), ref)
