@@ -108,10 +108,13 @@ def _export(args, env):
 
 
 def test_bad_run_directories_get_one_error_line(smoke_env, tmp_path):
-    (tmp_path / "det").mkdir()
-    (tmp_path / "det" / "config.json").write_text(json.dumps({"model": "yolov8n", "recipe": "lsq", "bits": 4}))
+    for name, config in [("det", {"detection_config": {"model": "yolov8n", "recipe": "lsq", "bits": 4}}),
+                         ("ssd", {"model": "ssdlite_mobilenetv2", "recipe": "lsq", "bits": 4})]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
     fp_run = next(p.parent for p in Path(smoke_env["QAT_RUNS"]).rglob("config.json") if "/fp/" in str(p))
-    cases = [(tmp_path / "nothing", "not a run directory"), (tmp_path / "det", "yolov8n"), (fp_run, "FP run")]
+    cases = [(tmp_path / "nothing", "not a run directory"), (tmp_path / "det", "weights/qat_final.pt"),
+             (tmp_path / "ssd", "the exporter handles the registry classifiers"), (fp_run, "FP run")]
     for run_dir, needle in cases:
         proc = _export([run_dir], smoke_env)
         assert proc.returncode == 2, proc.stderr

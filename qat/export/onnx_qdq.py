@@ -1,4 +1,4 @@
-"""ONNX export in QDQ form: integer weights + DequantizeLinear, Clip → QuantizeLinear → DequantizeLinear on inputs.
+"""ONNX export in QDQ form: integer weights → DequantizeLinear; inputs → QuantizeLinear → DequantizeLinear.
 
 How: during `torch.onnx.export` (the TorchScript exporter, `dynamo=False`) every quantizer's forward is replaced
 by a marker, an autograd Function whose ONNX symbolic is one custom node `qat::Quantizer(x)` carrying the
@@ -169,7 +169,8 @@ def _qdq_nodes(node: onnx.NodeProto, spec: dict, key: str) -> tuple[list, list]:
     """(nodes, initializers) replacing one marker node."""
     dtype, _ = _integer_type(spec["bits"], spec["signed"])
     step = spec["step"].numpy().astype(np.float32)
-    scale, zero = numpy_helper.from_array(step, f"{key}.scale"), numpy_helper.from_array(np.zeros(step.shape, dtype), f"{key}.zero_point")
+    scale = numpy_helper.from_array(step, f"{key}.scale")
+    zero = numpy_helper.from_array(np.zeros(step.shape, dtype), f"{key}.zero_point")
     out = node.output[0]
     if spec["kind"] == "weight_quant":
         codes = spec["codes"].numpy().astype(np.int8).astype(dtype)
@@ -192,7 +193,7 @@ def _qdq_nodes(node: onnx.NodeProto, spec: dict, key: str) -> tuple[list, list]:
 
 
 def insert_qdq(model_proto: onnx.ModelProto, specs: dict) -> onnx.ModelProto:
-    """Replace every marker node by its Q/DQ nodes, drop the float weights they made unused, go to opset 21."""
+    """Replace every marker node by its Q/DQ nodes and drop the float weights they made unused."""
     graph = model_proto.graph
     nodes, added, seen = [], [], set()
     for node in graph.node:
@@ -243,8 +244,8 @@ def _clips_before_4bit_quantize_as_max_min(graph: onnx.GraphProto, specs: dict) 
 
 
 def to_opset(model_proto: onnx.ModelProto) -> onnx.ModelProto:
-    """Opset 20 → 21: besides Q/DQ, 21 changes no operator but by admitting 4-bit types (GroupNormalization
-    aside), so the version number is all that changes (onnx's version converter refuses 4-bit tensors)."""
+    """Opset 20 → 21: besides Q/DQ, opset 21 changes operators only by admitting 4-bit types (GroupNormalization
+    aside), so only the version number changes; onnx.checker then checks the graph at opset 21."""
     ops = {n.op_type for n in model_proto.graph.node}
     if "GroupNormalization" in ops:
         raise ExportError("GroupNormalization changed meaning in opset 21; this exporter does not convert it")

@@ -40,8 +40,11 @@ class LoadedRun:
 def run_config(recorded: dict) -> RunConfig:
     """RunConfig from a recorded config dict (config.json or a checkpoint's 'config')."""
     fields = {k: v for k, v in recorded.items() if k not in ("preset_values", "git_commit")}
-    fields["methods"] = MethodConfig(**fields.get("methods", {}))
-    return RunConfig(**{**fields, "wandb": False, "resume": False, "device": "cpu"})
+    try:
+        fields["methods"] = MethodConfig(**fields.get("methods", {}))
+        return RunConfig(**{**fields, "wandb": False, "resume": False, "device": "cpu"})
+    except TypeError as e:  # a key this code does not know: a run of other code
+        raise ExportError(f"the recorded configuration does not fit this code's RunConfig: {e}") from None
 
 
 def build_quantized_structure(cfg: RunConfig):
