@@ -21,7 +21,7 @@ from pathlib import Path
 from qat.afw import AFWStep, LOSS_REDUCTIONS, REG_REDUCTIONS, THETA_INITS
 from qat.config import RunConfig
 from qat.hooks import TrainState
-from qat.recipes import MethodConfig, get_recipe, make_hooks
+from qat.recipes import get_recipe, make_hooks
 from qat.train import checkpoint as ckpt
 from qat.train.classification import ClassificationTask, Trainer
 
@@ -37,8 +37,7 @@ class CalibrationSplitTrainer(Trainer):
 def trained_model(run_dir: Path):
     """(trainer, model with its frozen codes) from a finished `ours` run's trained.pt."""
     state = ckpt.load(run_dir / "trained.pt")
-    recorded = {k: v for k, v in state["config"].items() if k != "preset_values"}
-    cfg = RunConfig(**{**recorded, "methods": MethodConfig(**recorded["methods"]), "wandb": False, "resume": False})
+    cfg = RunConfig.from_recorded(state["config"], wandb=False, resume=False)
     recipe = get_recipe(cfg.recipe)
     if "afw" not in recipe.post:
         raise SystemExit(f"error: {run_dir} is a {cfg.recipe} run; AFW runs after recipes with freezing: "

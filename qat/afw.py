@@ -78,7 +78,7 @@ def attach_afw(model: nn.Module, gamma: float = 1.1, theta_init: str = "zero") -
         wq = layer.weight_quant
         if wq.frozen is None or not bool(wq.frozen.mask.any()):
             continue
-        codes = wq.frozen.codes_with_frozen(wq.codes(layer.weight))
+        codes = wq.effective_codes(layer.weight)
         residual = None
         if theta_init == "residual":
             residual = (layer.weight.detach() / wq.step.detach() - codes)[wq.frozen.mask]

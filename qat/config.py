@@ -125,6 +125,13 @@ class RunConfig(PresetRun):
         d["preset_values"] = dict(self.presets[self.preset])
         return d
 
+    @classmethod
+    def from_recorded(cls, recorded: dict, **overrides) -> "RunConfig":
+        """`to_dict`'s inverse (a run's config.json or a checkpoint's 'config'), with `overrides` applied; a
+        TypeError names a key this code does not know (a run of other code)."""
+        fields = {k: v for k, v in recorded.items() if k not in ("preset_values", "git_commit")}
+        return cls(**{**fields, "methods": MethodConfig(**fields.get("methods", {})), **overrides})
+
 
 def run_name(table: str, model: str, recipe: str, bits: int, seed: int) -> str:
     """`{table}/{model}/{recipe}/w{b}a{b}/s{seed}` (DESIGN.md); FP runs have no bit-width level."""

@@ -27,13 +27,6 @@ def ead_mu(iteration: int, tau: int, total: int, mu_init: float) -> float:
     return (1.0 - (iteration - tau) / max(1, total - tau)) * mu_init
 
 
-def _effective_codes(layer) -> torch.Tensor:
-    """The codes the layer quantizes its weight to (a frozen weight's is its frozen code, whatever its latent)."""
-    wq = layer.weight_quant
-    codes = wq.codes(layer.weight)
-    return codes if wq.frozen is None else wq.frozen.codes_with_frozen(codes)
-
-
 class EADHook(TrainingHook):
     """Distance-aware EMA of latent weights (layers ≤ 4 bits) and of all step sizes for t > τ."""
 
@@ -68,7 +61,7 @@ class EADHook(TrainingHook):
         weights, steps = self._tensors(state.model)
         prev_w, prev_s = self._previous[:len(weights)], self._previous[len(weights):]
         layers = [layer for _, layer in low_bit_layers(state.model, self.max_bits)]  # the owners of `weights`
-        optimizer_codes = [_effective_codes(layer) for layer in layers]
+        optimizer_codes = [layer.weight_quant.effective_codes(layer.weight) for layer in layers]
         for layer, w_prev in zip(layers, prev_w):
             w = layer.weight
             alpha = ead_alpha(w, layer.weight_quant.step.clamp_min(1e-8), self.k, self.alpha_max)
@@ -78,7 +71,7 @@ class EADHook(TrainingHook):
             s.copy_((1 - mu) * s_prev + mu * s)
         # Did EAD act? Count the codes its update moved off the optimizer's (summed on the device: no host sync).
         if layers:
-            changed = sum((_effective_codes(layer) != codes).sum()
+            changed = sum((layer.weight_quant.effective_codes(layer.weight) != codes).sum()
                           for layer, codes in zip(layers, optimizer_codes))
             self.changed_codes = changed if self.changed_codes is None else self.changed_codes + changed
         self._previous = None

@@ -85,6 +85,11 @@ class WeightQuantizer(Quantizer):
         with torch.no_grad():
             return torch.clamp(torch.round(weight / self.step), self.qmin, self.qmax)
 
+    def effective_codes(self, weight: torch.Tensor) -> torch.Tensor:
+        """The codes the forward quantizes `weight` to: a frozen weight's frozen code, whatever its latent."""
+        codes = self.codes(weight)
+        return codes if self.frozen is None else self.frozen.codes_with_frozen(codes)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
@@ -96,8 +101,7 @@ class WeightQuantizer(Quantizer):
             w_hat = self.frozen.apply(w_hat, self.step, grad_scale)
         if self.tracker is not None and self.training and \
                 not self.tracker.update_fused(weight, self.step, self.qmin, self.qmax, self.frozen):
-            codes = self.codes(weight)
-            self.tracker.update(codes if self.frozen is None else self.frozen.codes_with_frozen(codes))
+            self.tracker.update(self.effective_codes(weight))
         return w_hat
 
 

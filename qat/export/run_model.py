@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from ..config import RunConfig
-from ..ead import _effective_codes
 from ..freeze import FrozenCodes
 from ..modules import quant_layers
 from ..prepare.pipeline import build_structure
-from ..recipes import MethodConfig, get_recipe
+from ..recipes import get_recipe
 from ..run_dir import CONFIG_NAME
 from ..train import checkpoint as ckpt
 
@@ -39,10 +38,8 @@ class LoadedRun:
 
 def run_config(recorded: dict) -> RunConfig:
     """RunConfig from a recorded config dict (config.json or a checkpoint's 'config')."""
-    fields = {k: v for k, v in recorded.items() if k not in ("preset_values", "git_commit")}
     try:
-        fields["methods"] = MethodConfig(**fields.get("methods", {}))
-        return RunConfig(**{**fields, "wandb": False, "resume": False, "device": "cpu"})
+        return RunConfig.from_recorded(recorded, wandb=False, resume=False, device="cpu")
     except TypeError as e:  # a key this code does not know: a run of other code
         raise ExportError(f"the recorded configuration does not fit this code's RunConfig: {e}") from None
 
@@ -96,4 +93,4 @@ def effective_codes(layer: nn.Module) -> torch.Tensor:
     """The integer codes (as int64) the layer evaluates its weight with, frozen codes included."""
     if layer.weight_quant.afw is not None:
         raise ExportError("AFW offsets are still attached (an unfinished AFW step): finalize_afw first")
-    return _effective_codes(layer).to(torch.int64)
+    return layer.weight_quant.effective_codes(layer.weight).to(torch.int64)
