@@ -13,7 +13,7 @@ For QAT, inside Ultralytics' own loop:
   loss             the model's loss (Ultralytics' criterion, summed over the batch) + the hooks'
                    extra losses (scaled by the batch size, i.e. added to the per-image mean loss, like
                    a mean-loss classification loop);
-  optimizer_step   clip → hooks.before_optimizer_step → step → clamp steps > 0 → hooks.after_optimizer_step;
+  optimizer_step   qat.loop.qat_step after Ultralytics' backward, with its AMP scaler and clipping at 10;
   validate         our FP32 COCO evaluator (pycocotools, `coco_eval.coco_map`) on the live model (or a
                    hook's `eval_model()`, e.g. RedYolo's EMA), once per epoch, logged as mAP;
   final_eval       the trained model evaluated in FP32, then the recipe's post steps (AFW, AdaRound,
@@ -49,6 +49,7 @@ from ultralytics.utils import nms, ops
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..hooks import TrainState
+from ..loop import qat_step
 from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
 from ..modules import quant_layers, set_gradient_mode, step_parameters
 from ..logging.fig1_traces import Fig1TraceHook
@@ -402,20 +403,10 @@ class QATDetectionTrainer(DetectionTrainer):
             super().optimizer_step()
             self._check_stop()
             return
-        st = self.state
-        st.epoch = self.epoch
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=10.0)
-        for h in self.hooks:
-            h.before_optimizer_step(st)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad()
-        with torch.no_grad():
-            torch._foreach_clamp_min_(self._steps, 1e-8)  # step sizes stay positive
-        for h in self.hooks:
-            h.after_optimizer_step(st)
-        st.iteration += 1
+        self.state.epoch = self.epoch
+        # Ultralytics' loop ran the (scaled) backward, the hooks' extra loss included (QATDetectionModel.loss)
+        qat_step(None, self.optimizer, self.hooks, self.state, self._steps, scaler=self.scaler, clip_norm=10.0,
+                 clip_params=self.model.parameters())
         self._check_stop()
 
     def _check_stop(self):
