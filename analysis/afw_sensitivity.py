@@ -39,7 +39,7 @@ def trained_model(run_dir: Path):
     state = ckpt.load(run_dir / "trained.pt")
     cfg = RunConfig.from_recorded(state["config"], wandb=False, resume=False)
     recipe = get_recipe(cfg.recipe)
-    if "afw" not in recipe.post:
+    if "afw" not in [part.name for part in recipe.post]:
         raise SystemExit(f"error: {run_dir} is a {cfg.recipe} run; AFW runs after recipes with freezing: "
                          "scalegrad+ead+afw (ours)")
     trainer = CalibrationSplitTrainer(cfg)

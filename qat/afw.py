@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .modules import low_bit_layers, quant_layers
+from .recipe_registry import Part
 
 
 def afw_offset(theta: torch.Tensor, gamma: float = 1.1) -> torch.Tensor:
@@ -161,3 +162,9 @@ class AFWStep:
 def _restore_requires_grad(model):
     for p in model.parameters():
         p.requires_grad_(True)
+
+
+AFW = Part("afw", lambda m, bits, tau: AFWStep(m.afw_epochs, m.afw_lr, gamma=m.afw_gamma, lam=m.afw_lambda,
+                                               loss_reduction=m.afw_loss, theta_init=m.afw_theta_init,
+                                               reg_reduction=m.afw_reg),
+           ("afw_gamma", "afw_lambda", "afw_lr", "afw_epochs", "afw_loss", "afw_theta_init", "afw_reg"))

@@ -1,4 +1,6 @@
-"""`python -m qat.train`: one entry point for FP pretraining (`--recipe fp`) and QAT with any recipe.
+"""`python -m qat.run`: one entry point for FP pretraining (`--recipe fp`) and QAT with any recipe, of every
+model: classifiers, SSD / YOLOX and the Ultralytics detectors (`--model` picks the task and its options).
+`python -m qat.train` and `python -m qat.detection` are the same CLI (the latter defaults to yolov8n).
 
 Bad input ends with one `error: ...` line on stderr and exit status 2; a failed run with exit 1.
 """
@@ -11,6 +13,7 @@ import sys
 
 from .cli_help import METHOD_HELP, RUN_HELP
 from .config import PresetRun, RunConfig
+from .detection import ULTRALYTICS_DETECTORS
 from .models import model_names
 from .afw import LOSS_REDUCTIONS, REG_REDUCTIONS, THETA_INITS
 from .recipes import RECIPES, MethodConfig
@@ -90,21 +93,39 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def build_parser(config_cls: type[PresetRun] = RunConfig, models: list[str] | None = None,
-                 prog: str = "python -m qat.train", description: str | None = None,
-                 ultralytics_ids: bool = False) -> argparse.ArgumentParser:
-    """The CLI of `config_cls` (RunConfig, a task's subclass with its own presets and models, or
-    DetectionConfig): one option per field, each with its help text (qat/cli_help.py) and default."""
+def all_models() -> list[str]:
+    from .detection.torch_detectors import TORCH_DETECTORS
+    return [*model_names(), *TORCH_DETECTORS, *ULTRALYTICS_DETECTORS]
+
+
+def task_config(model: str | None) -> type[PresetRun]:
+    """The configuration class of `model`'s task: a classifier's RunConfig, SSD / YOLOX's TorchDetectionConfig,
+    an Ultralytics detector's DetectionConfig (an unknown name gets RunConfig, whose parser names the choices)."""
+    from .detection.torch_detectors import TORCH_DETECTORS
+    if model in ULTRALYTICS_DETECTORS:
+        from .detection.train import DetectionConfig
+        return DetectionConfig
+    if model in TORCH_DETECTORS:
+        from .detection.torch_train import TorchDetectionConfig
+        return TorchDetectionConfig
+    return RunConfig
+
+
+def build_parser(config_cls: type[PresetRun] = RunConfig, prog: str = "python -m qat.run",
+                 default_model: str | None = None) -> argparse.ArgumentParser:
+    """The CLI of `config_cls`: one option per field, each with its help text (qat/cli_help.py) and default;
+    --model takes every model (the caller picked `config_cls` by it), --device also Ultralytics' GPU ids for
+    an Ultralytics detector."""
     from .prepare.cle import RELU6_MODES
-    p = OneLineErrorParser(prog=prog, description=description or __doc__, formatter_class=_HelpFormatter)
+    p = OneLineErrorParser(prog=prog, description=__doc__, formatter_class=_HelpFormatter)
     d = config_cls()
-    models = models or model_names()
-    p.add_argument("--model", default=d.model if d.model in models else models[0], choices=models, metavar="NAME",
+    models = all_models()
+    p.add_argument("--model", default=default_model or d.model, choices=models, metavar="NAME",
                    help=f"one of: {', '.join(models)}")
     p.add_argument("--recipe", default=d.recipe, choices=["fp"] + sorted(RECIPES), metavar="NAME",
                    help=f"fp (FP pretraining) or one of: {', '.join(sorted(RECIPES))}")
     p.add_argument("--preset", default=d.preset, choices=sorted(config_cls.presets),
-                   help="budgets and data set (qat/config.py; detection: qat/detection/train.py)")
+                   help="budgets and data set (qat/config.py; detectors: qat/detection/)")
     choices = {**FIELD_CHOICES, "cle_relu6": RELU6_MODES}
     for f in dataclasses.fields(config_cls):
         if f.name in ("model", "recipe", "preset", "methods"):
@@ -114,7 +135,8 @@ def build_parser(config_cls: type[PresetRun] = RunConfig, models: list[str] | No
         if isinstance(default, bool):
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif f.name == "device":
-            p.add_argument("--device", type=device_option(ultralytics_ids), default=default, help=help_text)
+            p.add_argument("--device", type=device_option(config_cls.task == "ultralytics"), default=default,
+                           help=help_text)
         else:
             kind = FIELD_TYPES.get(f.name) or {int: int, float: float}.get(type(default), str)
             p.add_argument(_flag(f.name), type=kind, default=default, choices=choices.get(f.name), help=help_text)
@@ -128,9 +150,12 @@ def build_parser(config_cls: type[PresetRun] = RunConfig, models: list[str] | No
     return p
 
 
-def parse_config(argv=None, config_cls: type[PresetRun] = RunConfig, parser: argparse.ArgumentParser | None = None,
-                 **parser_kwargs) -> PresetRun:
-    args = vars((parser or build_parser(config_cls, **parser_kwargs)).parse_args(argv))
+def parse_config(argv=None, default_model: str | None = None, prog: str = "python -m qat.run") -> PresetRun:
+    """The run configuration of a command line, of the class of its --model's task."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default=default_model)
+    config_cls = task_config(pre.parse_known_args(argv)[0].model or default_model or RunConfig.model)
+    args = vars(build_parser(config_cls, prog, default_model).parse_args(argv))
     method_names = {f.name for f in dataclasses.fields(MethodConfig)}
     methods = MethodConfig(**{k: v for k, v in args.items() if k in method_names})
     return config_cls(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
@@ -141,14 +166,14 @@ def _error(message: str) -> int:
     return 2
 
 
-def main(argv=None, config_cls: type[RunConfig] = RunConfig, trainer_cls=None, **parser_kwargs) -> int:
-    cfg = parse_config(argv, config_cls, **parser_kwargs)
+def main(argv=None, prog: str = "python -m qat.run", default_model: str | None = None) -> int:
+    cfg = parse_config(argv, default_model, prog)
+    from .run.lifecycle import NonFiniteLoss, run
     from .run_dir import BUSY_EXIT, RunBusy
     from .train.checkpoint import CheckpointError
-    from .train.classification import NonFiniteLoss, Trainer
     from .train.distributed import teardown
     try:
-        (trainer_cls or Trainer)(cfg).run()
+        run(cfg)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
         return _error(str(e))
     except RunBusy as e:

@@ -5,6 +5,7 @@ QAT keeps the paper's phase proportions: 80% ScaleGrad (Ï„), 20% EAD, then AFW â
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
@@ -55,9 +56,11 @@ MODEL_QAT_LR: dict[tuple[str, str], float] = {(preset, "mobilenetv1"): 1e-4
 
 class PresetRun:
     """What every run configuration (RunConfig, DetectionConfig) derives from its model, recipe, bits, seed,
-    preset, table and out fields and its class's `presets`."""
+    preset, table and out fields and its class's `presets`; `task` picks the glue that trains it
+    (qat/run/lifecycle.py `run`)."""
 
     presets: ClassVar[dict[str, dict]]
+    task: ClassVar[str]
 
     def preset_value(self, key):
         return self.presets[self.preset][key]
@@ -115,6 +118,7 @@ class RunConfig(PresetRun):
     fig1_iterations: int = 200           # log Fig. 1 traces over the last N iterations
     methods: MethodConfig = field(default_factory=MethodConfig)
     presets: ClassVar[dict[str, dict]] = PRESETS  # a task with other budgets (torch detectors) brings its own
+    task: ClassVar[str] = "classification"
 
     def __post_init__(self):
         if self.lr is None and not self.is_fp:
@@ -155,6 +159,17 @@ def fp_run_dir(preset: str, model: str) -> Path:
 def fp_cache_path(model: str, preset: str) -> Path:
     """Cached FP checkpoint of a proxy model, shared by every QAT run of that model and preset size."""
     return Path(os.environ.get("QAT_CHECKPOINTS", REPO / "checkpoints")) / "fp" / f"{model}-{preset}.pt"
+
+
+def detector_fp_cache(model: str, preset: str, data_digest: str) -> Path:
+    """Cached FP detector (torch detectors and Ultralytics), keyed by its data's digest: a regenerated data set
+    never meets a stale FP model."""
+    return fp_cache_path(f"{model}-det", f"{preset}-{data_digest}")
+
+
+def path_digest(path: str | Path) -> str:
+    """The data digest of user-given detection data (a data yaml or a COCO root): its resolved path's."""
+    return hashlib.sha256(Path(path).resolve().as_posix().encode()).hexdigest()[:8]
 
 
 # The preset values an FP model's training depends on (classification, Ultralytics and torch detector presets).

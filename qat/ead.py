@@ -13,6 +13,7 @@ import torch
 
 from .hooks import TrainingHook, TrainState
 from .modules import low_bit_layers, quant_layers
+from .recipe_registry import Part
 
 
 def ead_alpha(weight: torch.Tensor, step: torch.Tensor, k: float, alpha_max: float) -> torch.Tensor:
@@ -89,3 +90,7 @@ class EADHook(TrainingHook):
     def load_state_dict(self, state: dict) -> None:
         if state.get("changed_codes") is not None:
             self.changed_codes = torch.tensor(state["changed_codes"], dtype=torch.int64)
+
+
+EAD = Part("ead", lambda m, bits, tau: EADHook(tau, m.ead_k, m.ead_alpha_max, m.ead_mu_init),
+           ("ead_k", "ead_alpha_max", "ead_mu_init"))

@@ -93,17 +93,8 @@ def fp_command(model: str, preset: str, device: str) -> list[str]:
 def run_config(spec: RunSpec, preset: str, device: str, extra: list[str]) -> dict:
     """The configuration the run's own CLI resolves from its command (as it logs it), parsed here with that
     CLI's parser: a bad extra argument ends with its one `error:` line (SystemExit 2) before anything runs."""
-    argv = run_args(spec, preset, device, extra)
-    if spec.model in TORCH_DETECTORS:
-        from .cli import parse_config
-        from .detection.torch_train import TorchDetectionConfig
-        return parse_config(argv, TorchDetectionConfig, models=list(TORCH_DETECTORS),
-                            prog="python -m qat.detection").to_dict()
-    if spec.model in DETECTORS:
-        from .detection.train import logged_config, parse_config
-        return logged_config(parse_config(argv))
     from .cli import parse_config
-    return parse_config(argv).to_dict()
+    return parse_config(run_args(spec, preset, device, extra)).to_dict()
 
 
 def launcher_set_keys(spec: RunSpec, preset: str, device: str, config: dict) -> list[str]:

@@ -16,6 +16,7 @@ from .functional import STEP_EPS
 from .hooks import TrainingHook, TrainState
 from .modules import low_bit_layers
 from .oscillation import OscillationTracker, loaded_codes, stored_codes
+from .recipe_registry import Part, Recipe, register_recipe
 
 
 def freeze_threshold(progress: float, bits: int, start: float = 0.1, off_fraction: float = 0.25) -> float | None:
@@ -151,3 +152,10 @@ class FreezeHook(TrainingHook):
             if name in state:
                 layer.weight_quant.frozen = FrozenCodes(layer.weight.detach())
                 layer.weight_quant.frozen.load_state_dict(state[name])
+
+
+FREEZE = Part("freeze", lambda m, bits, tau: FreezeHook(bits, m.osc_momentum), ("osc_momentum",))
+# AFW's: oscillating weights frozen from τ on, during the EAD phase
+FREEZE_AFTER_TAU = Part("freeze_after_tau", lambda m, bits, tau: FreezeHook(bits, m.osc_momentum, active_from=tau),
+                        ("osc_momentum",))
+register_recipe(Recipe("freeze", hooks=(FREEZE,), description="Iterative weight freezing (Nagel et al. 2022)"))

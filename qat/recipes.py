@@ -1,4 +1,6 @@
-"""Recipes by name: quantizer settings + training hooks + post-training steps (DESIGN.md "recipe").
+"""Recipes by name: quantizer settings + training hooks + post-training steps (DESIGN.md "recipe"), registered
+in qat/recipe_registry.py; this module registers the paper's own and imports every method file, so
+`get_recipe` (timm's `create`) finds them all.
 
 Phases share prefixes so that runs branch from checkpoints instead of retraining:
   lsq                         LSQ for the whole QAT schedule
@@ -14,55 +16,31 @@ then step sizes only).
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
+from . import freeze
+from .afw import AFW
+from .baselines import damp, lr_matched, redyolo, step_only  # noqa: F401  (they register their recipes)
+from .baselines.adaround import ADAROUND
+from .ead import EAD
 from .hooks import TrainingHook
+from .recipe_registry import RECIPES, Recipe, register_recipe
 
-
-@dataclass(frozen=True)
-class Recipe:
-    name: str
-    per_channel: bool = False
-    pulse_smooth: bool = False           # ScaleGrad's PulseSmooth step-size gradient (SPEC §2)
-    distance_aware: bool = False         # ScaleGrad's exp(-kΔ) weight gradient (SPEC §2)
-    hooks: tuple[str, ...] = ()          # training hooks beyond oscillation tracking, see make_hooks
-    post: tuple[str, ...] = ()           # post-training steps, see make_post_steps
-    # Prefix sharing: (recipe, "tau" | "end") — start from that recipe's checkpoint at τ / at the end.
-    branch_from: tuple[str, str] | None = None
-    description: str = ""
-
-    def gradient_mode(self, cfg: "MethodConfig") -> tuple[float | None, float | None]:
-        """(pulse_delta, dist_k) for `qat.modules.set_gradient_mode`: None where the recipe leaves LSQ's."""
-        return (cfg.pulse_delta if self.pulse_smooth else None), (cfg.dist_k if self.distance_aware else None)
-
-
-RECIPES = {r.name: r for r in [
-    Recipe("lsq", description="LSQ, per-tensor (Esser et al. 2020)"),
-    Recipe("scalegrad", pulse_smooth=True, distance_aware=True,
-           description="ScaleGrad: PulseSmooth step gradient + exp(-kΔ) weight gradient"),
-    Recipe("scalegrad+ead", pulse_smooth=True, distance_aware=True, hooks=("ead",),
-           branch_from=("scalegrad", "tau"),
-           description="ScaleGrad, then EAD for t > τ"),
-    Recipe("scalegrad+ead+afw", pulse_smooth=True, distance_aware=True, hooks=("ead", "freeze_after_tau"),
-           post=("afw",),
-           branch_from=("scalegrad", "tau"),
-           description="Ours: ScaleGrad, EAD with oscillating weights frozen for t > τ, then AFW"),
-    Recipe("scalegrad+ead+adaround", pulse_smooth=True, distance_aware=True, post=("adaround",),
-           branch_from=("scalegrad+ead", "end"),
-           description="ScaleGrad+EAD, then AdaRound instead of AFW (Table V)"),
-    Recipe("pulsesmooth", pulse_smooth=True, description="ScaleGrad's PulseSmooth step gradient alone"),
-    Recipe("distance", distance_aware=True, description="ScaleGrad's distance-aware weight gradient alone"),
-    Recipe("lsq-lr-matched", hooks=("lr_matched",),
-           description="LSQ with weight gradients × E[exp(-kΔ)] (ScaleGrad's mean weight-lr cut; control)"),
-    Recipe("perchannel", per_channel=True, description="LSQ with per-output-channel weight steps"),
-    Recipe("damp", hooks=("damp",), description="Oscillation dampening (Nagel et al. 2022)"),
-    Recipe("freeze", hooks=("freeze",), description="Iterative weight freezing (Nagel et al. 2022)"),
-    Recipe("redyolo", hooks=("ema",), post=("qc",), description="RedYolo: EMA of weights and steps, then QC"),
-    Recipe("lsq-freeze-weights", post=("step_only",), branch_from=("lsq", "end"),
-           description="Table I: trained LSQ, then all latent weights frozen and only step sizes trained"),
-]}
-RECIPES["ours"] = RECIPES["scalegrad+ead+afw"]
+register_recipe(Recipe("lsq", description="LSQ, per-tensor (Esser et al. 2020)"))
+register_recipe(Recipe("perchannel", per_channel=True, description="LSQ with per-output-channel weight steps"))
+register_recipe(Recipe("scalegrad", pulse_smooth=True, distance_aware=True,
+                       description="ScaleGrad: PulseSmooth step gradient + exp(-kΔ) weight gradient"))
+register_recipe(Recipe("pulsesmooth", pulse_smooth=True, description="ScaleGrad's PulseSmooth step gradient alone"))
+register_recipe(Recipe("distance", distance_aware=True, description="ScaleGrad's distance-aware weight gradient alone"))
+register_recipe(Recipe("scalegrad+ead", pulse_smooth=True, distance_aware=True, hooks=(EAD,),
+                       branch_from=("scalegrad", "tau"), description="ScaleGrad, then EAD for t > τ"))
+register_recipe(Recipe("scalegrad+ead+afw", pulse_smooth=True, distance_aware=True,
+                       hooks=(EAD, freeze.FREEZE_AFTER_TAU), post=(AFW,), branch_from=("scalegrad", "tau"),
+                       description="Ours: ScaleGrad, EAD with oscillating weights frozen for t > τ, then AFW"),
+                aliases=("ours",))
+register_recipe(Recipe("scalegrad+ead+adaround", pulse_smooth=True, distance_aware=True, post=(ADAROUND,),
+                       branch_from=("scalegrad+ead", "end"),
+                       description="ScaleGrad+EAD, then AdaRound instead of AFW (Table V)"))
 
 
 def get_recipe(name: str) -> Recipe:
@@ -97,73 +75,24 @@ class MethodConfig:
     extra: dict = field(default_factory=dict)
 
 
-# The MethodConfig fields each part of a recipe reads (make_hooks, make_post_steps, the quantizer's gradient
-# mode): a run's training identity holds only its recipe's (qat/run_reuse.py), so EAD settings never tell two
-# ScaleGrad runs apart and a branch's parent is compared on the settings the parent trained with.
-HOOK_KEYS = {"ead": ("ead_k", "ead_alpha_max", "ead_mu_init"), "freeze": ("osc_momentum",),
-             "freeze_after_tau": ("osc_momentum",), "damp": ("damp_weight",), "ema": ("ema_decay", "ema_ramp"),
-             "lr_matched": ("dist_k",)}
-POST_KEYS = {"afw": ("afw_gamma", "afw_lambda", "afw_lr", "afw_epochs", "afw_loss", "afw_theta_init", "afw_reg"),
-             "adaround": ("adaround_iterations",),
-             "qc": ("qc_lr", "qc_epochs"), "step_only": ("step_only_epochs",)}
-
-
 def method_keys(recipe: Recipe) -> set[str]:
-    """The MethodConfig fields a run of `recipe` depends on: its own, its parent's (a branch trains on from the
-    parent's checkpoint), the oscillation tracker's momentum (every QAT run) and `extra`."""
+    """The MethodConfig fields a run of `recipe` depends on: its parts', its gradient mode's, its parent's (a
+    branch trains on from the parent's checkpoint), the oscillation tracker's momentum (every QAT run) and `extra`."""
     keys = {"osc_momentum", "extra"} | ({"pulse_delta"} if recipe.pulse_smooth else set()) \
         | ({"dist_k"} if recipe.distance_aware else set())
-    for name in recipe.hooks:
-        keys.update(HOOK_KEYS[name])
-    for name in recipe.post:
-        keys.update(POST_KEYS[name])
+    for part in (*recipe.hooks, *recipe.post):
+        keys.update(part.keys)
     if recipe.branch_from is not None:
         keys |= method_keys(get_recipe(recipe.branch_from[0]))
     return keys
 
 
 def make_hooks(recipe: Recipe, bits: int, tau: int, cfg: MethodConfig) -> list[TrainingHook]:
-    """Training hooks of `recipe`; τ is the iteration where the EAD phase starts."""
-    from .ead import EADHook
-    from .freeze import FreezeHook, OscillationTrackingHook
-
-    hooks: list[TrainingHook] = [OscillationTrackingHook(cfg.osc_momentum)]
-    for name in recipe.hooks:
-        if name == "ead":
-            hooks.append(EADHook(tau, cfg.ead_k, cfg.ead_alpha_max, cfg.ead_mu_init))
-        elif name == "freeze":
-            hooks.append(FreezeHook(bits, cfg.osc_momentum))
-        elif name == "freeze_after_tau":
-            hooks.append(FreezeHook(bits, cfg.osc_momentum, active_from=tau))
-        elif name == "lr_matched":
-            hooks.append(_load("qat.baselines.lr_matched", "WeightGradScaleHook")(
-                _load("qat.baselines.lr_matched", "mean_distance_factor")(cfg.dist_k)))
-        elif name == "damp":
-            hooks.append(_load("qat.baselines.damp", "DampeningHook")(final_weight=cfg.damp_weight))
-        elif name == "ema":
-            hooks.append(_load("qat.baselines.redyolo", "EMAHook")(decay=cfg.ema_decay, ramp=cfg.ema_ramp))
-        else:
-            raise ValueError(f"recipe {recipe.name}: unknown hook {name!r}")
-    return hooks
+    """Training hooks of `recipe`: oscillation tracking (every QAT run), then its own; τ is the iteration
+    where the EAD phase starts."""
+    return [freeze.OscillationTrackingHook(cfg.osc_momentum)] + [part.make(cfg, bits, tau) for part in recipe.hooks]
 
 
 def make_post_steps(recipe: Recipe, cfg: MethodConfig) -> list:
-    steps = []
-    for name in recipe.post:
-        if name == "afw":
-            from .afw import AFWStep
-            steps.append(AFWStep(cfg.afw_epochs, cfg.afw_lr, gamma=cfg.afw_gamma, lam=cfg.afw_lambda,
-                                 loss_reduction=cfg.afw_loss, theta_init=cfg.afw_theta_init, reg_reduction=cfg.afw_reg))
-        elif name == "adaround":
-            steps.append(_load("qat.baselines.adaround", "AdaRoundStep")(iterations=cfg.adaround_iterations))
-        elif name == "qc":
-            steps.append(_load("qat.baselines.redyolo", "QuantizationCorrectionStep")(epochs=cfg.qc_epochs, lr=cfg.qc_lr))
-        elif name == "step_only":
-            steps.append(_load("qat.baselines.step_only", "StepOnlyStep")(epochs=cfg.step_only_epochs))
-        else:
-            raise ValueError(f"recipe {recipe.name}: unknown post step {name!r}")
-    return steps
-
-
-def _load(module: str, name: str):
-    return getattr(importlib.import_module(module), name)
+    """Post-training steps of `recipe`, in order (their budgets set: qat/run/lifecycle.py post_step_methods)."""
+    return [part.make(cfg, None, None) for part in recipe.post]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qat.detection.train import main  # noqa: E402
+from qat.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
@@ -24,4 +24,4 @@ if __name__ == "__main__":
         sys.exit(2)
     if "--table" not in argv:
         argv += ["--table", "fp"]
-    sys.exit(main(["--recipe", "fp"] + argv))
+    sys.exit(main(["--recipe", "fp"] + argv, prog="scripts/train_fp_detector.py", default_model="yolov8n"))

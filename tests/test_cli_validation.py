@@ -75,9 +75,9 @@ def test_epochs_zero_writes_nothing(tmp_path):
 ])
 def test_detection_cli_refuses_bad_values(argv, named, no_gpu, capsys):
     pytest.importorskip("ultralytics")
-    from qat.detection.train import main
+    from qat.cli import main
     with pytest.raises(SystemExit) as e:
-        main(["--preset", "smoke", *argv])
+        main(["--preset", "smoke", *argv], default_model="yolov8n")
     assert e.value.code == 2
     assert named in one_error_line(capsys.readouterr().err)
 
@@ -88,7 +88,7 @@ def test_detection_cli_refuses_bad_values(argv, named, no_gpu, capsys):
     (["--device", "cuda"], "--device: 'cuda' needs a CUDA GPU"),
 ])
 def test_torch_detector_cli_refuses_bad_values(argv, named, no_gpu, capsys):
-    from qat.detection.train import main
+    from qat.cli import main
     with pytest.raises(SystemExit) as e:
         main(["--model", "yolox_nano", "--preset", "smoke", *argv])
     assert e.value.code == 2
@@ -98,16 +98,15 @@ def test_torch_detector_cli_refuses_bad_values(argv, named, no_gpu, capsys):
 # ----------------------------------------------------------------------------------------------- --help
 def parsers() -> dict[str, argparse.ArgumentParser]:
     from qat.cli import build_parser
-    from qat.detection.torch_detectors import TORCH_DETECTORS
     from qat.detection.torch_train import TorchDetectionConfig
     found = {"qat.train": build_parser(),
-             "qat.detection (SSD / YOLOX)": build_parser(TorchDetectionConfig, models=list(TORCH_DETECTORS))}
+             "qat.detection (SSD / YOLOX)": build_parser(TorchDetectionConfig)}
     try:
         import ultralytics  # noqa: F401
     except ImportError:
         return found
-    from qat.detection.train import build_parser as detection_parser
-    found["qat.detection (YOLO)"] = detection_parser()
+    from qat.detection.train import DetectionConfig
+    found["qat.detection (YOLO)"] = build_parser(DetectionConfig)
     return found
 
 

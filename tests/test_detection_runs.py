@@ -6,9 +6,14 @@ import pytest
 import torch
 
 from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
-from qat.detection.train import DetectionConfig, main, train_detector
+from qat.cli import main as run_main
+from qat.detection.train import DetectionConfig, train_detector
 
 pytest.importorskip("ultralytics")
+
+def main(argv):
+    return run_main(argv, default_model="yolov8n")  # python -m qat.detection
+
 
 TINY = FMNISTDetConfig(train_size=16, val_size=8, canvas=64, min_size=12, max_size=40, seed=2)
 
@@ -24,7 +29,7 @@ def test_fp_then_ours_branching_from_scalegrad_with_afw_and_wandb(dirs):
     # FP pretraining ran first and was cached; then the scalegrad parent up to τ; then ours from its τ checkpoint.
     assert list((dirs / "checkpoints" / "fp").glob("yolov8n-det-smoke-*.pt"))
     parent = dirs / "runs" / "smoke" / "t" / "yolov8n" / "scalegrad" / "w4a4" / "s0"
-    assert (parent / "weights" / "qat_tau.pt").is_file() and (parent / "result.json").is_file()
+    assert (parent / "checkpoint_tau.pt").is_file() and (parent / "result.json").is_file()
     for key in ("map", "map50", "map_trained", "afw/metric", "afw/weights", "freeze/fraction_frozen"):
         assert key in result, key
     assert 0.0 <= result["map"] <= 100.0
@@ -47,9 +52,9 @@ def test_paper_preset_runs_two_iterations_on_a_tiny_coco_set(dirs):
                           val_json=str(ds.coco_json("val")), fp_checkpoint=str(fp), imgsz=64, batch=4,
                           max_iterations=2, wandb=False, out=str(dirs / "paper_run"))
     result = train_detector(cfg)
-    trained = torch.load(dirs / "paper_run" / "weights" / "qat_trained.pt", weights_only=False)
+    trained = torch.load(dirs / "paper_run" / "trained.pt", weights_only=False)
     assert trained["iteration"] == 2
-    assert not (dirs / "paper_run" / "weights" / "qat_last.pt").exists()  # a finished run keeps no resume copy
+    assert not (dirs / "paper_run" / "checkpoint.pt").exists()  # a finished run keeps no resume copy
     assert 0.0 <= result["map"] <= 100.0 and result["epochs"] == 100
 
 
@@ -62,7 +67,7 @@ def test_paper_preset_without_data_is_one_clear_error(dirs, capsys):
 def test_an_unfinished_run_needs_resume(dirs, capsys):
     cfg = DetectionConfig(model="yolov8n", recipe="lsq", preset="smoke", out=str(dirs / "run"), wandb=False)
     (cfg.run_dir / "weights").mkdir(parents=True)
-    (cfg.run_dir / "weights" / "qat_last.pt").write_bytes(b"")
+    (cfg.run_dir / "checkpoint.pt").write_bytes(b"")
     assert main(["--recipe", "lsq", "--preset", "smoke", "--out", str(cfg.run_dir), "--no-wandb"]) == 2
     assert "pass --resume" in capsys.readouterr().err
 
@@ -75,10 +80,11 @@ def test_bad_bits_is_one_clear_error(dirs, capsys):
 
 
 def test_a_cached_fp_detector_with_other_budgets_is_one_clear_error(dirs, capsys):
-    from qat.detection.train import DET_PRESETS, dataset_for, fp_detector_path
+    from qat.config import detector_fp_cache
+    from qat.detection.train import DET_PRESETS, dataset_for
     ds = build_fmnist_det(TINY, dirs / "data")
     cfg = DetectionConfig(model="yolov8n", recipe="lsq", preset="smoke", data=str(ds.yaml), wandb=False)
-    cached = fp_detector_path(cfg, dataset_for(cfg)[2])
+    cached = detector_fp_cache(cfg.model, cfg.preset, dataset_for(cfg)[2])
     cached.parent.mkdir(parents=True)
     stale = dict(DET_PRESETS["smoke"], fp_epochs=DET_PRESETS["smoke"]["fp_epochs"] + 1)
     torch.save({"model": {}, "preset_values": stale}, cached)

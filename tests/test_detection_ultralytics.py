@@ -102,7 +102,7 @@ def test_smoke_qat_run_reports_map(tiny_data, tmp_path):
     traced = dict(quant_layers(trainer.model))[fig1.choice.layer]
     assert fig1.iterations == [2] and sum(fig1.hist) == traced.weight.numel()
     assert trainer.state.iteration == trainer.state.total_iterations == 2
-    assert (trainer.wdir / "qat_last.pt").is_file() and (trainer.wdir / "qat_trained.pt").is_file()
+    assert (trainer.save_dir / "checkpoint.pt").is_file() and (trainer.save_dir / "trained.pt").is_file()
     # the step sizes are in the SGD group without weight decay
     step_group = next(g for g in trainer.optimizer.param_groups if g["param_group"] == "step")
     assert step_group["weight_decay"] == 0.0 and len(step_group["params"]) == 2 * 63

@@ -113,7 +113,7 @@ def test_bad_run_directories_get_one_error_line(smoke_env, tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(config))
     fp_run = next(p.parent for p in Path(smoke_env["QAT_RUNS"]).rglob("config.json") if "/fp/" in str(p))
-    cases = [(tmp_path / "nothing", "not a run directory"), (tmp_path / "det", "weights/qat_final.pt"),
+    cases = [(tmp_path / "nothing", "not a run directory"), (tmp_path / "det", "has no final.pt"),
              (tmp_path / "ssd", "the exporter handles the registry classifiers"), (fp_run, "FP run")]
     for run_dir, needle in cases:
         proc = _export([run_dir], smoke_env)

@@ -129,7 +129,7 @@ def test_ssd_lsq_smoke_run_reports_map(tiny, dirs):
 
 
 def test_paper_preset_runs_two_iterations_on_a_tiny_coco_format_set(tiny, dirs):
-    from qat.detection.torch_train import main
+    from qat.cli import main
 
     fp = dirs / "fp.pt"
     torch.save({"model": build_torch_detector("yolox_nano", 10, 64).state_dict()}, fp)
@@ -144,7 +144,7 @@ def test_paper_preset_runs_two_iterations_on_a_tiny_coco_format_set(tiny, dirs):
 
 
 def test_paper_preset_without_data_is_one_clear_error(dirs, capsys):
-    from qat.detection.train import main
+    from qat.cli import main
     rc = main(["--model", "ssd_mobilenetv2", "--recipe", "lsq", "--preset", "paper", "--no-wandb"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ") and "COCO root" in err and len(err.strip().splitlines()) == 1

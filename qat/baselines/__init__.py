@@ -7,6 +7,6 @@
     step_only.StepOnlyStep          Table I "Freeze weight": latent weights frozen, only steps trained
     lr_matched.WeightGradScaleHook  the lr-matched LSQ control of ScaleGrad's distance factor, a training hook
 
-Freeze (Nagel et al. 2022 iterative freezing) lives in `qat.freeze` because AFW shares it.
-Modules are imported lazily by `qat.recipes`; importing this package imports nothing heavy.
+Freeze (Nagel et al. 2022 iterative freezing) lives in `qat.freeze` because AFW shares it. Each module defines
+its recipe parts and registers its recipes (qat/recipe_registry.py); qat/recipes.py imports them all.
 """

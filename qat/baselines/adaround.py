@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from ..functional import STEP_EPS
 from ..prepare.channel_clip import ChannelClip
 from ..modules import QuantConv2d, low_bit_layers
+from ..recipe_registry import Part
 
 ZETA = 1.1
 GAMMA = -0.1
@@ -279,3 +280,6 @@ class AdaRoundStep:
                 "adaround/recon_nearest_sum": totals["recon_nearest"],
                 "adaround/recon_sum": totals["recon_adaround"],
                 **{f"adaround/{k}": v for k, v in metrics.items()}}
+
+
+ADAROUND = Part("adaround", lambda m, bits, tau: AdaRoundStep(iterations=m.adaround_iterations), ("adaround_iterations",))

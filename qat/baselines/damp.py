@@ -31,6 +31,7 @@ import torch
 from ..functional import STEP_EPS
 from ..hooks import TrainingHook, TrainState
 from ..modules import quant_layers
+from ..recipe_registry import Part, Recipe, register_recipe
 
 
 def dampening_weight(progress: float, final_weight: float = 0.1, start: float = 0.25,
@@ -89,3 +90,7 @@ class DampeningHook(TrainingHook):
 
     def epoch_metrics(self, state: TrainState) -> dict:
         return {"damp/weight": self._last_weight}
+
+
+DAMP = Part("damp", lambda m, bits, tau: DampeningHook(final_weight=m.damp_weight), ("damp_weight",))
+register_recipe(Recipe("damp", hooks=(DAMP,), description="Oscillation dampening (Nagel et al. 2022)"))

@@ -19,6 +19,7 @@ import torch
 
 from ..hooks import TrainingHook, TrainState
 from ..modules import quant_layers
+from ..recipe_registry import Part, Recipe, register_recipe
 
 
 def mean_distance_factor(k: float) -> float:
@@ -42,3 +43,8 @@ class WeightGradScaleHook(TrainingHook):
 
     def epoch_metrics(self, state: TrainState) -> dict:
         return {"lr_matched/weight_grad_scale": self.scale}
+
+
+LR_MATCHED = Part("lr_matched", lambda m, bits, tau: WeightGradScaleHook(mean_distance_factor(m.dist_k)), ("dist_k",))
+register_recipe(Recipe("lsq-lr-matched", hooks=(LR_MATCHED,),
+                       description="LSQ with weight gradients × E[exp(-kΔ)] (ScaleGrad's mean weight-lr cut; control)"))

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..hooks import TrainingHook, TrainState
 from ..modules import QuantConv2d, QuantLinear, quant_layers
+from ..recipe_registry import Part, Recipe, register_recipe
 
 
 # --------------------------------------------------------------------------------------------- EMA
@@ -254,3 +255,8 @@ class QuantizationCorrectionStep:
         metrics = task.evaluate(model)
         return {"qc/iterations": n_iter, "qc/layers": len(qcs), "qc/loss_first": float(first),
                 "qc/loss_last": float(last), **{f"qc/{k}": v for k, v in metrics.items()}}
+
+
+EMA = Part("ema", lambda m, bits, tau: EMAHook(decay=m.ema_decay, ramp=m.ema_ramp), ("ema_decay", "ema_ramp"))
+QC = Part("qc", lambda m, bits, tau: QuantizationCorrectionStep(epochs=m.qc_epochs, lr=m.qc_lr), ("qc_lr", "qc_epochs"))
+register_recipe(Recipe("redyolo", hooks=(EMA,), post=(QC,), description="RedYolo: EMA of weights and steps, then QC"))

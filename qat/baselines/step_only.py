@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..modules import low_bit_layers, quant_layers, step_parameters
+from ..recipe_registry import Part, Recipe, register_recipe
 
 
 class StepOnlyStep:
@@ -77,3 +78,8 @@ class StepOnlyStep:
                 "step_only/act_step_end": float(logged.input_quant.step.detach().mean()),
                 "step_only/codes_changed_fraction": changed / max(1, total),
                 **{f"step_only/{k}": v for k, v in metrics.items()}}
+
+
+STEP_ONLY = Part("step_only", lambda m, bits, tau: StepOnlyStep(epochs=m.step_only_epochs), ("step_only_epochs",))
+register_recipe(Recipe("lsq-freeze-weights", post=(STEP_ONLY,), branch_from=("lsq", "end"),
+                       description="Table I: trained LSQ, then all latent weights frozen and only step sizes trained"))

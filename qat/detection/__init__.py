@@ -5,8 +5,8 @@
   hooks and post steps (YOLOv8-n/s/m, YOLOv9-t/s).
 - `torch_detectors` + `torch_train.TorchDetectionTrainer`: SSD-MobileNetV2 and YOLOX-Nano/Tiny through the
   classification training loop with a detection task (COCO-format batches from qat/data/detection.py).
-- `train.train_detector` / `python -m qat.detection`: runs by name with presets smoke/proxy/proxy-gpu/paper
-  (SSD / YOLOX names are handed to `torch_train.main`).
+- `train.train_detector`: the Ultralytics detectors' glue to the run lifecycle (qat/run/lifecycle.py);
+  `python -m qat.detection` is `python -m qat.run` with yolov8n as the default model.
 """
 import os as _os
 from pathlib import Path as _Path
@@ -19,3 +19,7 @@ from ..config import REPO as _REPO
 _os.environ.setdefault("YOLO_CONFIG_DIR", str(_Path(_os.environ.get("QAT_STATE", _REPO / ".state")) / "ultralytics"))
 _os.environ.setdefault("YOLO_OFFLINE", "1")
 _os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+
+# Ultralytics detector name -> model yaml (scale letter picked from the file name).
+ULTRALYTICS_DETECTORS = {"yolov8n": "yolov8n.yaml", "yolov8s": "yolov8s.yaml", "yolov8m": "yolov8m.yaml",
+                         "yolov9t": "yolov9t.yaml", "yolov9s": "yolov9s.yaml"}

@@ -11,7 +11,6 @@ plus `--fp-checkpoint`).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -19,12 +18,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..config import RunConfig, fp_cache_path
+from ..config import RunConfig, detector_fp_cache, path_digest
 from ..data.detection import detection_data, layout
 from ..train.classification import Trainer, bare
 from .coco_eval import coco_map
 from .torch_detectors import TORCH_DETECTORS, build_torch_detector
-from .train import _digest  # the data-digest rule of the Ultralytics runs' FP cache
 
 _COMMON = dict(val_every_epoch=False, model_size=None, train_subset=None, test_subset=None, fp_train_subset=None,
                lr_step_fraction=0.4, bias_correction_batches=4)
@@ -59,6 +57,7 @@ class TorchDetectionConfig(RunConfig):
     imgsz: int | None = None             # overrides the preset's square input size (SSD paper layout from 161 px)
     workers: int = 0                     # data-loader processes (raise it for COCO)
     presets: ClassVar[dict[str, dict]] = TORCH_DET_PRESETS
+    task: ClassVar[str] = "detection"
 
 
 class TorchDetectionTrainer(Trainer):
@@ -69,7 +68,7 @@ class TorchDetectionTrainer(Trainer):
         c = self.cfg
         if c.data:  # a COCO 2017 root, or any set in FMNIST-Det's layout
             images, annotations, splits = layout(c.data)
-            self.data_digest = _digest(Path(c.data).resolve().as_posix())
+            self.data_digest = path_digest(c.data)
         elif c.preset_value("dataset") == "coco":
             raise ValueError("the paper preset needs --data pointing at a COCO root "
                              "(train2017/, val2017/, annotations/instances_{train,val}2017.json)")
@@ -89,8 +88,7 @@ class TorchDetectionTrainer(Trainer):
         return self.cfg.imgsz or self.cfg.preset_value("imgsz")
 
     def fp_cache(self) -> Path:
-        # keyed by the FMNIST-Det digest: a regenerated data set never meets a stale FP model
-        return fp_cache_path(f"{self.cfg.model}-det", f"{self.cfg.preset}-{self.data_digest}")
+        return detector_fp_cache(self.cfg.model, self.cfg.preset, self.data_digest)
 
     def build_net(self) -> nn.Module:
         return build_torch_detector(self.cfg.model, len(self.cat_ids), self.imgsz)
@@ -127,13 +125,3 @@ class TorchDetectionTrainer(Trainer):
             model.train(was_training)
         res = coco_map(dets, self.val_json)
         return {"metric": res["metric"], "map": res["metric"], "map50": 100 * res["map50"]}
-
-
-def main(argv=None) -> int:
-    from ..cli import main as cli_main
-    return cli_main(argv, TorchDetectionConfig, TorchDetectionTrainer, models=list(TORCH_DETECTORS),
-                    prog="python -m qat.detection")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,25 +1,20 @@
-"""Detection runs by name: `train_detector(...)` and `python -m qat.detection` (FP pretraining and QAT).
+"""Ultralytics detectors (YOLOv8 / YOLOv9) in the run lifecycle: `train_detector(cfg)` trains one run with
+Ultralytics' loop (qat/detection/ultralytics_qat.py), started where qat/run/lifecycle.py says (fresh, resumed
+or branched, the FP detector trained first when missing), and records its result.
 
 A run is (detector, recipe, bits, seed, preset). The `smoke` and `proxy` presets train on FMNIST-Det
 (generated and cached on first use, see docs/FMNIST_DET.md); `paper` takes an Ultralytics COCO data
 yaml (`--data`), the COCO val annotations (`--val-json`) and a local FP checkpoint (`--fp-checkpoint`).
-QAT needs an FP model: for the proxy presets it is trained once and cached under
-checkpoints/fp/{detector}-det-{preset}-{data digest}.pt (this module trains it when missing).
+The cached FP detector: checkpoints/fp/{detector}-det-{preset}-{data digest}.pt.
 
 Run directory: runs/{preset}/{table}/{detector}/{recipe}/w{b}a{b}/s{seed} (FP: .../fp/s{seed}), holding
-the Ultralytics run (weights/qat_*.pt checkpoints, results.csv), the W&B run, `config.json` + `.lock`
-(qat/run_dir.py: one configuration, one process at a time) and `result.json`, written last: a run whose
-result.json exists is not run again; an unfinished one continues with `--resume`
-(from its last epoch, or from the trained model when it was killed in the post steps). Recipes that branch (SPEC: scalegrad+ead from
-scalegrad at τ; adaround / step-only from a trained model) start from the parent run's checkpoint and
-run the parent first when it is missing.
+the lifecycle's checkpoints, Ultralytics' files (results.csv), the W&B run, `config.json` + `.lock`
+(qat/run_dir.py) and `result.json`, written last.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -27,10 +22,12 @@ from typing import ClassVar
 
 import torch
 
-from ..config import FP_TABLE, PresetRun, check_fp_budgets, fp_cache_path
+from ..config import PresetRun, detector_fp_cache, path_digest
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import MethodConfig, get_recipe
-from ..run_dir import BUSY_EXIT, RunBusy, check_parent, claim, finished_result
+from ..run.lifecycle import CHECKPOINT, fp_weights, post_step_methods, start_point
+from ..run_dir import claim, finished_result
+from . import ULTRALYTICS_DETECTORS
 from ..train import checkpoint
 
 # Budgets per preset. The data set of the FMNIST-Det presets is the FMNIST-Det preset of the same name.
@@ -94,12 +91,15 @@ class DetectionConfig(PresetRun):
     workers: int = 0
     methods: MethodConfig = dataclasses.field(default_factory=MethodConfig)
     presets: ClassVar[dict[str, dict]] = DET_PRESETS
+    task: ClassVar[str] = "ultralytics"
+
+    def to_dict(self) -> dict:
+        return logged_config(self)
 
 
 def validate_config(c: DetectionConfig) -> None:
-    from .ultralytics_qat import DETECTORS
-    if c.model not in DETECTORS:
-        raise ValueError(f"unknown detector {c.model!r}; choose from: {', '.join(DETECTORS)}")
+    if c.model not in ULTRALYTICS_DETECTORS:
+        raise ValueError(f"unknown detector {c.model!r}; choose from: {', '.join(ULTRALYTICS_DETECTORS)}")
     if c.preset not in DET_PRESETS:
         raise ValueError(f"unknown preset {c.preset!r}; choose from: {', '.join(DET_PRESETS)}")
     if not c.is_fp:
@@ -120,22 +120,13 @@ def dataset_for(c: DetectionConfig) -> tuple[str, str | None, str]:
                              f"(e.g. annotations/instances_val2017.json)")
         if not Path(val_json).is_file():
             raise FileNotFoundError(f"COCO annotations not found: {val_json}")
-        return c.data, val_json, _digest(Path(c.data).resolve().as_posix())
+        return c.data, val_json, path_digest(c.data)
     name = c.preset_value("fmnist_det")
     if name is None:
         raise ValueError(f"the {c.preset} preset needs --data (an Ultralytics COCO data yaml) and --val-json")
     from ..data.fmnist_det import build_fmnist_det
     ds = build_fmnist_det(name)
     return str(ds.yaml), c.val_json or str(ds.coco_json("val")), ds.config.digest()[:8]
-
-
-def _digest(text: str) -> str:
-    import hashlib
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def fp_detector_path(c: DetectionConfig, data_digest: str) -> Path:
-    return fp_cache_path(f"{c.model}-det", f"{c.preset}-{data_digest}")
 
 
 def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
@@ -167,37 +158,18 @@ def _train(c: DetectionConfig) -> dict:
     init_from = None
     fp_ckpt = c.fp_checkpoint
     if not c.is_fp:
-        recipe = get_recipe(c.recipe)
-        trained, last = c.run_dir / "weights" / "qat_trained.pt", c.run_dir / "weights" / "qat_last.pt"
-        if (trained.is_file() or last.is_file()) and not c.resume:
-            raise ValueError(f"{c.run_dir} holds a checkpoint of an unfinished run: pass --resume to continue it "
-                             f"or delete the directory")
-        if trained.is_file():  # killed in the post steps: redo them from the trained model
-            init_from = ("end", str(trained))
-        elif last.is_file():  # killed while training: continue from the last epoch
-            init_from = ("resume", str(last))
-        elif recipe.branch_from is not None:
-            init_from = _parent_checkpoint(c, *recipe.branch_from)
-        if fp_ckpt is None and init_from is None:
-            fp_ckpt = str(fp_detector_path(c, digest))
-            if not Path(fp_ckpt).is_file():
-                if c.preset_value("fp_epochs") is None:
-                    raise FileNotFoundError(f"the {c.preset} preset needs --fp-checkpoint (trained FP weights)")
-                print(f"[qat] no cached FP detector at {fp_ckpt}: training it first", flush=True)
-                train_detector(replace(c, recipe="fp", out=None, table=FP_TABLE, epochs=None, lr=None,
-                                       max_iterations=None, resume=True))
-        if fp_ckpt is not None and not Path(fp_ckpt).is_file():
-            raise FileNotFoundError(f"FP checkpoint not found: {fp_ckpt}")
-        if fp_ckpt is not None and c.fp_checkpoint is None:  # our cached FP detector (the trainer loads its weights)
-            check_fp_budgets(Path(fp_ckpt), checkpoint.load(fp_ckpt, mmap=True).get("preset_values"), c.preset,
-                             DET_PRESETS[c.preset])
+        start = start_point(c, logged_config)  # trains a missing parent first
+        if start.path is not None:  # a killed run (from its last epoch, or its trained model), or a branch
+            init_from = ("end" if start.trained else "resume" if start.kind == "resume" else "tau", str(start.path))
+        if init_from is None or fp_ckpt is not None:  # (a branch or resumed run brings its weights)
+            fp_ckpt = str(fp_weights(c, detector_fp_cache(c.model, c.preset, digest),
+                                     lambda p: checkpoint.load(p, mmap=True).get("preset_values")))
 
-    from .ultralytics_qat import DETECTORS, DetectionRun, QATDetectionTrainer
+    from .ultralytics_qat import DetectionRun, QATDetectionTrainer
     p = c.preset_value
     m = c.methods
-    if not c.is_fp:  # post-step budgets left unset take the preset's value
-        budgets = ("afw_epochs", "qc_epochs", "adaround_iterations", "step_only_epochs")
-        m = replace(m, **{k: p(k) for k in budgets if getattr(m, k) is None})
+    if not c.is_fp:
+        m = post_step_methods(m, p)
     run = DetectionRun(
         recipe=c.recipe, bits=c.bits, methods=m,
         prologue=PrologueOptions(cle=c.cle, bias_correction=c.bias_correction,
@@ -205,14 +177,14 @@ def _train(c: DetectionConfig) -> dict:
                                  calib_batches=p("calib_batches"),
                                  bias_correction_batches=p("bias_correction_batches")),
         fp_checkpoint=fp_ckpt, init_from=init_from,
-        save_fp_to=str(fp_detector_path(c, digest)) if c.is_fp and c.out is None else
+        save_fp_to=str(detector_fp_cache(c.model, c.preset, digest)) if c.is_fp and c.out is None else
         (str(c.run_dir / "fp.pt") if c.is_fp else None),
         val_json=val_json, ead_fraction=c.ead_fraction, max_iterations=c.max_iterations,
         fig1_iterations=c.fig1_iterations, wandb=c.wandb, name=c.run_name, group=c.table, preset=c.preset,
         tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
         config=logged_config(c))
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
-    overrides = dict(model=DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
+    overrides = dict(model=ULTRALYTICS_DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
                      batch=c.batch or p("batch"), lr0=c.training_lr, seed=c.seed, device=c.device,
                      workers=c.workers, project=str(c.run_dir.parent), name=c.run_dir.name, exist_ok=True,
                      close_mosaic=p("close_mosaic"), deterministic=True)
@@ -233,67 +205,9 @@ def _train(c: DetectionConfig) -> dict:
               "wall_s": time.time() - t0}
     c.run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=1))
-    checkpoint.drop_resume_checkpoint(c.run_dir / "weights" / "qat_last.pt")
+    checkpoint.drop_resume_checkpoint(c.run_dir / CHECKPOINT)
     return result
-
-
-def _parent_checkpoint(c: DetectionConfig, parent_recipe: str, point: str) -> tuple[str, str]:
-    parent = replace(c, recipe=parent_recipe, out=None, resume=True)
-    if c.out:  # keep ad-hoc output trees self-contained
-        parent = replace(parent, out=str(Path(c.out).parent / parent_recipe.replace("/", "_")))
-    path = parent.run_dir / "weights" / ("qat_tau.pt" if point == "tau" else "qat_trained.pt")
-    if path.is_file():  # (a parent run trained here checks its directory itself)
-        check_parent(parent.run_dir, logged_config(parent), c.recipe, point)
-    else:
-        print(f"[qat] {c.recipe} branches from {parent_recipe} at {point}: running it first", flush=True)
-        train_detector(parent)
-    if not path.is_file():
-        raise FileNotFoundError(f"parent run {parent.run_dir} left no {path.name}")
-    return ("tau" if point == "tau" else "end", str(path))
 
 
 def _jsonable(d):
     return json.loads(json.dumps(d, default=str))
-
-
-# ------------------------------------------------------------------------------------------------ CLI
-
-def build_parser() -> argparse.ArgumentParser:
-    """The classification CLI's options (qat/cli.py: checked values, help text and defaults) for DetectionConfig;
-    --device also takes Ultralytics' GPU ids."""
-    from ..cli import build_parser as run_parser
-    from .torch_detectors import TORCH_DETECTORS
-    from .ultralytics_qat import DETECTORS
-    return run_parser(DetectionConfig, models=sorted([*DETECTORS, *TORCH_DETECTORS]), prog="python -m qat.detection",
-                      description=__doc__, ultralytics_ids=True)
-
-
-def parse_config(argv=None) -> DetectionConfig:
-    """The DetectionConfig of a command line (Ultralytics detectors); bad input exits with one `error:` line."""
-    from ..cli import parse_config as parse_run_config
-    return parse_run_config(argv, DetectionConfig, parser=build_parser())
-
-
-def main(argv=None) -> int:
-    from .torch_detectors import TORCH_DETECTORS
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--model")
-    if pre.parse_known_args(argv)[0].model in TORCH_DETECTORS:  # SSD / YOLOX: our own loop (torch_train.py)
-        from .torch_train import main as torch_main
-        return torch_main(argv)
-    cfg = parse_config(argv)
-    from ..train.checkpoint import CheckpointError
-    from .ultralytics_qat import NonFiniteLoss
-    try:
-        result = train_detector(cfg)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    except RunBusy as e:
-        sys.stderr.write(f"error: {e}\n")
-        return BUSY_EXIT
-    except NonFiniteLoss as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 1
-    print(json.dumps(result, indent=1))
-    return 0

@@ -51,19 +51,15 @@ from ultralytics.utils.torch_utils import unwrap_model
 from ..hooks import TrainState
 from ..loop import qat_step
 from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
-from ..modules import quant_layers, set_gradient_mode, step_parameters
+from ..modules import quant_layers, step_parameters
 from ..logging.fig1_traces import Fig1TraceHook
-from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
+from ..prepare.pipeline import PrologueOptions, float_prologue, quantize_prologue
 from ..recipes import MethodConfig, get_recipe, make_hooks, make_post_steps
+from ..run.lifecycle import CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, tau_epoch
+from . import ULTRALYTICS_DETECTORS
 from .coco_eval import coco_map, load_coco
 
-# Detector name -> Ultralytics model yaml (scale letter picked from the file name).
-DETECTORS = {"yolov8n": "yolov8n.yaml", "yolov8s": "yolov8s.yaml", "yolov8m": "yolov8m.yaml",
-             "yolov9t": "yolov9t.yaml", "yolov9s": "yolov9s.yaml"}
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
+DETECTORS = ULTRALYTICS_DETECTORS
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -155,9 +151,9 @@ class DetectionRun:
     # CLE needs positively homogeneous activations (ReLU); YOLO uses SiLU, so it is off by default.
     prologue: PrologueOptions = field(default_factory=lambda: PrologueOptions(cle=False, bias_correction=True))
     fp_checkpoint: str | None = None        # our FP32 checkpoint ({"model": state_dict}) for QAT
-    # Start from a QAT checkpoint of this trainer instead of the prologue: ("tau", path) branches at τ
-    # (qat_tau.pt of the parent recipe), ("end", path) takes a trained model (qat_trained.pt) straight to
-    # the post steps, ("resume", path) continues a killed run from its qat_last.pt.
+    # Start from a QAT checkpoint of this trainer instead of the prologue (qat/run/lifecycle.py names them):
+    # ("tau", path) branches at τ (the parent's checkpoint_tau.pt), ("end", path) takes a trained model
+    # (trained.pt) straight to the post steps, ("resume", path) continues a killed run from its checkpoint.pt.
     init_from: tuple[str, str] | None = None
     save_fp_to: str | None = None           # FP pretraining: where to write the FP32 checkpoint
     val_json: str | None = None             # COCO ground truth of the val split (default: data yaml's val_json)
@@ -267,13 +263,11 @@ class QATDetectionTrainer(DetectionTrainer):
         imgsz = self.args.imgsz if isinstance(self.args.imgsz, int) else max(self.args.imgsz)
         example = torch.zeros(1, self.data["channels"], imgsz, imgsz, device=self.device)
         if run.init_from is not None:  # the structure only: the checkpoint brings every value
-            build_structure(model, run.bits, example, run.prologue, per_channel=recipe.per_channel,
-                            exclude=dfl_convs(model), high_precision=high_precision_layers(model))
+            recipe.build_structure(model, run.bits, example, run.prologue, run.methods, exclude=dfl_convs(model),
+                                   high_precision=high_precision_layers(model))
             left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             if left:
                 raise RuntimeError(f"BN folding missed {len(left)} BatchNorm layers of the detector: {left[:5]}")
-            m = run.methods
-            set_gradient_mode(model, *recipe.gradient_mode(m))
             return
         if not run.fp_checkpoint:  # (a resumed or branched run brings its weights in the checkpoint)
             LOGGER.warning("QAT without fp_checkpoint: quantizing a randomly initialised detector")
@@ -287,10 +281,9 @@ class QATDetectionTrainer(DetectionTrainer):
             raise RuntimeError(f"BN folding missed {len(left)} BatchNorm layers of the detector: {left[:5]}")
         if run.eval_fp:
             self.report["fp_map_prologue"] = self.evaluate(model)["metric"]
-        pulse_delta, dist_k = recipe.gradient_mode(run.methods)
         self.report["quantize"] = quantize_prologue(
-            model, run.bits, calib, run.prologue, per_channel=recipe.per_channel, pulse_delta=pulse_delta, dist_k=dist_k,
-            exclude=dfl_convs(model), high_precision=high_precision_layers(model))
+            model, run.bits, calib, run.prologue, **recipe.quantizer(run.methods), exclude=dfl_convs(model),
+            high_precision=high_precision_layers(model))
         if run.eval_fp:
             self.report["init_map"] = self.evaluate(model)["metric"]
         LOGGER.info(f"QAT prologue: {self.report}")
@@ -342,12 +335,10 @@ class QATDetectionTrainer(DetectionTrainer):
         self.ema = _NoEMA(model)  # Ultralytics' ModelEMA off for QAT (see the module docstring)
         batches = math.ceil(len(self.train_loader) / self.accumulate)
         total = self.epochs * batches
-        self.tau_epoch = round((1 - run.ead_fraction) * self.epochs)
-        if self.epochs > 1 and run.ead_fraction > 0:
-            self.tau_epoch = min(self.tau_epoch, self.epochs - 1)  # keep at least one EAD epoch
+        self.tau_epoch = tau_epoch(self.epochs, run.ead_fraction, keep_one_ead_epoch=True)
         tau = self.tau_epoch * batches
         self.hooks = make_hooks(get_recipe(run.recipe), run.bits, tau, run.methods) + [Fig1TraceHook(run.fig1_iterations)]
-        self.post_steps = make_post_steps(get_recipe(run.recipe), _with_budgets(run.methods))
+        self.post_steps = make_post_steps(get_recipe(run.recipe), run.methods)
         self.state = TrainState(model=model, total_iterations=total)
         for h in self.hooks:
             h.on_train_start(self.state)
@@ -509,9 +500,9 @@ class QATDetectionTrainer(DetectionTrainer):
         payload = self._checkpoint_payload()
         if self.logger is not None:
             self.logger.commit()
-        ckpt.save(payload, self.wdir / "qat_last.pt")
+        ckpt.save(payload, self.save_dir / CHECKPOINT)
         if self.epoch + 1 == self.tau_epoch:
-            ckpt.save(payload, self.wdir / "qat_tau.pt")
+            ckpt.save(payload, self.save_dir / TAU_CHECKPOINT)
         return True
 
     def _checkpoint_payload(self) -> dict:
@@ -548,7 +539,7 @@ class QATDetectionTrainer(DetectionTrainer):
                 if run.init_from is None or run.init_from[0] != "end":
                     payload = self._checkpoint_payload()
                     payload["epoch"] = self.epochs
-                    ckpt.save(payload, self.wdir / "qat_trained.pt")
+                    ckpt.save(payload, self.save_dir / TRAINED)
                 # The live model validated after its last step is the trained model: its mAP is known. Not
                 # before post steps: an evaluation draws from Python's RNG (Ultralytics' loader), which the
                 # post steps' batches use too, so skipping it would change their results.
@@ -565,7 +556,7 @@ class QATDetectionTrainer(DetectionTrainer):
                     self.results.update(_scalars(post.run(model, task)))
                 self.results.update(_pct(self.evaluate(model)) if self.post_steps else res)  # no post step: unchanged
                 ckpt.save({"model": model.state_dict(), "results": self.results, "run": asdict(run)},
-                          self.wdir / "qat_final.pt")
+                          self.save_dir / FINAL)
             LOGGER.info(f"[qat] {run.name}: mAP@[.5:.95] {self.results['map']:.2f} mAP@.5 {self.results['map50']:.2f}")
             if self.logger is not None:
                 self.logger.summary(summary_values(self.results, "map"))
@@ -672,13 +663,6 @@ def step_size_metrics(model: nn.Module) -> dict:
         out[f"steps/{name}/weight"] = float(layer.weight_quant.step.detach().mean())
         out[f"steps/{name}/act"] = float(layer.input_quant.step.detach())
     return out
-
-
-def _with_budgets(m: MethodConfig) -> MethodConfig:
-    """Post-step budgets left unset (None) take the paper's values (SPEC §6, §7)."""
-    paper = {"afw_epochs": 10, "qc_epochs": 1, "adaround_iterations": 10000, "step_only_epochs": 1}
-    from dataclasses import replace
-    return replace(m, **{k: v for k, v in paper.items() if getattr(m, k) is None})
 
 
 def _loss_total(loss_items: dict) -> float:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..detection.ultralytics_qat import detect_head
+from ..run.lifecycle import FINAL, TRAINED
 from ..train import checkpoint as ckpt
 from .run_model import ExportError, attach_frozen_codes_from
 
@@ -62,7 +63,7 @@ def load_detector_run(run_dir, recorded: dict):
     """
     run_dir = Path(run_dir)
     c, preset = recorded["detection_config"], recorded.get("preset_values", {})
-    final, trained = run_dir / "weights" / "qat_final.pt", run_dir / "weights" / "qat_trained.pt"
+    final, trained = run_dir / FINAL, run_dir / TRAINED
     for path in (final, run_dir / "result.json"):
         if not path.is_file():
             raise ExportError(f"{run_dir} has no {path.relative_to(run_dir)}: not a finished QAT detection run")

@@ -12,7 +12,6 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,23 +20,21 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..config import FP_TABLE, RunConfig, check_fp_budgets, fp_cache_path
+from ..config import RunConfig, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
 from ..logging.fig1_traces import Fig1TraceHook
 from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
 from ..loop import qat_step
 from ..models import build_model
-from ..modules import quant_layers, set_gradient_mode, step_parameters
-from ..prepare.pipeline import PrologueOptions, build_structure, float_prologue, quantize_prologue
+from ..modules import quant_layers, step_parameters
+from ..prepare.pipeline import PrologueOptions, float_prologue, quantize_prologue
 from ..recipes import get_recipe, make_hooks, make_post_steps
-from ..run_dir import check_parent, claim, finished_result
+from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, fp_weights, post_step_methods,
+                             start_point, tau_epoch)
+from ..run_dir import claim, finished_result
 from . import checkpoint as ckpt
 from .distributed import all_reduce_sum, barrier, init_distributed, is_main
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,24 +189,9 @@ class Trainer:
         """The FP model: from --fp-checkpoint, else the cached proxy checkpoint (trained here if missing)."""
         c = self.cfg
         model = self.build_net()
-        path = Path(c.fp_checkpoint) if c.fp_checkpoint else self.fp_cache()
-        if not path.is_file():
-            if c.fp_checkpoint or c.preset_value("fp_epochs") is None:
-                raise FileNotFoundError(f"FP checkpoint not found: {path} (the {c.preset} preset needs "
-                                        f"--fp-checkpoint with the model's trained FP weights)")
-            if is_main():
-                print(f"[qat] no cached FP model at {path}: training it first", flush=True)
-            fp_cfg = replace(c, recipe="fp", out=None, resume=True, epochs=None, lr=None, train_subset=None,
-                             max_iterations=None, table=FP_TABLE)
-            fp_result = type(self)(fp_cfg).run()
-            if not path.is_file() and is_main():  # the FP run had finished but its cached model was deleted
-                ckpt.save({"model": ckpt.load_model_weights(fp_cfg.run_dir / "final.pt"), "config": fp_cfg.to_dict(),
-                           self.metric: fp_result[self.metric]}, path)
-            barrier()
+        path = fp_weights(c, self.fp_cache(), lambda p: ckpt.load(p, mmap=True).get("config", {}).get("preset_values"),
+                          barrier, _announce)
         self.fp_stored = None if c.fp_checkpoint else ckpt.load(path)  # our cache: read once, kept for its metric
-        if self.fp_stored is not None:
-            check_fp_budgets(path, self.fp_stored.get("config", {}).get("preset_values"), c.preset,
-                             c.presets[c.preset])
         try:
             model.load_state_dict(self.fp_stored["model"] if self.fp_stored else ckpt.load_model_weights(path))
         except RuntimeError as e:
@@ -243,13 +225,9 @@ class Trainer:
         model = self.fp_model()
         calib = self.calib_inputs()
         opts = self.prologue_options()
-        m = c.methods
-        pulse_delta, dist_k = recipe.gradient_mode(m)
         high_precision = self.high_precision_layers(model)
         if not init:
-            build_structure(model, c.bits, calib[0], opts, per_channel=recipe.per_channel,
-                            high_precision=high_precision)
-            set_gradient_mode(model, pulse_delta, dist_k)  # the recipe's, also when branching from a parent
+            recipe.build_structure(model, c.bits, calib[0], opts, c.methods, high_precision=high_precision)
             return model, {}
         k = self.metric
         recorded = self.recorded_fp_metric()
@@ -258,8 +236,8 @@ class Trainer:
         report[f"fp_{k}_prologue"] = self.evaluate(model)[k]  # after BN fold + CLE
         cle = report["prologue"].get("cle", {})
         report.update({f"cle_{k}": cle[k] for k in ("pairs_kept", "pairs_reverted", "relu6_replaced") if k in cle})
-        report["quantize"] = quantize_prologue(model, c.bits, calib, opts, per_channel=recipe.per_channel,
-                                               pulse_delta=pulse_delta, dist_k=dist_k, high_precision=high_precision)
+        report["quantize"] = quantize_prologue(model, c.bits, calib, opts, **recipe.quantizer(c.methods),
+                                               high_precision=high_precision)
         report[f"init_{k}"] = self.evaluate(model)[k]
         return model, report
 
@@ -271,7 +249,7 @@ class Trainer:
         return c.preset_value("fp_epochs" if c.is_fp else "qat_epochs")
 
     def tau_epoch(self) -> int:
-        return round((1 - self.cfg.ead_fraction) * self.epochs())
+        return tau_epoch(self.epochs(), self.cfg.ead_fraction)
 
     def make_optimizer(self, model: nn.Module, epochs: int):
         c = self.cfg
@@ -309,23 +287,18 @@ class Trainer:
         c = self.cfg
         done = finished_result(self.run_dir)
         if done is not None:
-            if is_main():
-                print(f"[qat] {c.run_name}: finished already ({self.run_dir / 'result.json'})", flush=True)
+            if c.is_fp and is_main() and not self.fp_cache().is_file():  # the cached FP model was deleted
+                ckpt.save({"model": ckpt.load_model_weights(self.run_dir / FINAL), "config": c.to_dict(),
+                           self.metric: done[self.metric]}, self.fp_cache())
+            _announce(f"[qat] {c.run_name}: finished already ({self.run_dir / 'result.json'})")
+            barrier()
             return done
         torch.manual_seed(c.seed)
         recipe = None if c.is_fp else get_recipe(c.recipe)
         epochs = self.epochs()
         tau_epoch = self.tau_epoch()
-        resume_from = self.run_dir / "checkpoint.pt" if c.resume and (self.run_dir / "checkpoint.pt").is_file() else None
-        if resume_from is None and not c.resume and (self.run_dir / "checkpoint.pt").is_file():
-            raise ValueError(f"{self.run_dir} holds a checkpoint of an unfinished run: pass --resume to continue it "
-                             f"or delete the directory")
-
-        # Where this run starts: its own checkpoint, a parent's checkpoint (branch), or fresh.
-        branch = None
-        if resume_from is None and recipe is not None and recipe.branch_from is not None:
-            branch = self.parent_checkpoint(*recipe.branch_from)
-        state_ckpt = ckpt.load(resume_from or branch) if (resume_from or branch) else None
+        start = start_point(c, barrier=barrier, announce=_announce)  # trains a missing parent first
+        state_ckpt = ckpt.load(start.path) if start.path else None
 
         if c.is_fp:
             model = self.build_net().to(self.device)
@@ -360,21 +333,17 @@ class Trainer:
             for h in hooks:
                 if type(h).__name__ in hook_states:
                     h.load_state_dict(hook_states[type(h).__name__])
-            if resume_from is not None:
+            if start.kind == "resume":
                 ckpt.set_rng_state(state_ckpt["rng"])
                 resume_id = state_ckpt.get("wandb_id")
-                training_done = state_ckpt.get("training_done", False)
-            elif recipe.branch_from[1] == "end":
-                training_done = True
-        if (self.run_dir / "trained.pt").is_file() and resume_from is not None:
-            training_done = True
+            training_done = start.trained or state_ckpt.get("training_done", False)
         self.global_step = state.iteration
 
         self.open_logger(resume_id, optimizer, epochs, total_iterations)
         if report and start_epoch == 0 and not training_done:
             self.log(prologue_metrics(report, self.metric), step=0)
         if is_main():
-            where = f"resumed at epoch {start_epoch}" if resume_from else (f"branched from {branch}" if branch else "fresh")
+            where = start.describe(start_epoch)
             print(f"[qat] {c.run_name}: {where}; {epochs} epochs × {iters_per_epoch} iterations"
                   + ("" if c.is_fp else f", τ = epoch {tau_epoch}"), flush=True)
 
@@ -409,9 +378,9 @@ class Trainer:
                 if self.logger is not None:
                     self.logger.commit()  # the epoch's row reaches disk before the checkpoint says it is done
                 if is_main():
-                    ckpt.save(payload, self.run_dir / "checkpoint.pt")
+                    ckpt.save(payload, self.run_dir / CHECKPOINT)
                     if not c.is_fp and epoch + 1 == tau_epoch:
-                        ckpt.save(payload, self.run_dir / "checkpoint_tau.pt")
+                        ckpt.save(payload, self.run_dir / TAU_CHECKPOINT)
                 barrier()
                 if c.max_iterations is not None and state.iteration >= c.max_iterations:
                     break
@@ -422,31 +391,12 @@ class Trainer:
             payload = self.checkpoint_payload(model, optimizer, scheduler, hooks, state, epochs, report)
             payload["training_done"] = True
             if is_main():
-                ckpt.save(payload, self.run_dir / "checkpoint.pt")
-                ckpt.save(payload, self.run_dir / "trained.pt")
+                ckpt.save(payload, self.run_dir / CHECKPOINT)
+                ckpt.save(payload, self.run_dir / TRAINED)
             barrier()
 
         result = self.finish(model, hooks, state, report)
         return result
-
-    def parent_checkpoint(self, parent_recipe: str, point: str) -> Path:
-        """The parent run's checkpoint at τ or at the end; the parent is trained first if missing."""
-        parent_cfg = replace(self.cfg, recipe=parent_recipe, out=None, resume=True)
-        parent_dir = parent_cfg.run_dir
-        if self.cfg.out:  # keep ad-hoc output trees self-contained
-            parent_dir = Path(self.cfg.out).parent / parent_recipe.replace("/", "_")
-            parent_cfg = replace(parent_cfg, out=str(parent_dir))
-        path = parent_dir / ("checkpoint_tau.pt" if point == "tau" else "trained.pt")
-        if path.is_file():  # (a parent run trained here checks its directory itself)
-            check_parent(parent_dir, parent_cfg.to_dict(), self.cfg.recipe, point)
-        else:
-            if is_main():
-                print(f"[qat] {self.cfg.recipe} branches from {parent_recipe} at {point}: running it first", flush=True)
-            type(self)(parent_cfg).run()
-            barrier()
-        if not path.is_file():
-            raise ckpt.CheckpointError(f"parent run {parent_dir} left no {path.name}")
-        return path
 
     def train_epoch(self, train_model, optimizer, hooks, state: TrainState, epoch: int, epochs: int) -> dict:
         c, model = self.cfg, bare(train_model)
@@ -512,7 +462,7 @@ class Trainer:
                 result.update({k: v for k, v in h.epoch_metrics(state).items() if not k.startswith("osc/") or
                                k == "osc/fraction_oscillating"})
             task = ClassificationTask(self)
-            post_steps = make_post_steps(get_recipe(c.recipe), self._post_cfg())
+            post_steps = make_post_steps(get_recipe(c.recipe), post_step_methods(c.methods, c.preset_value))
             for post in post_steps:
                 if is_main():
                     print(f"[qat] {c.run_name}: post step {post.name}", flush=True)
@@ -524,21 +474,20 @@ class Trainer:
             ckpt.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]},
                       self.fp_cache())
         if is_main():
-            ckpt.save({"model": model.state_dict(), "result": result}, self.run_dir / "final.pt")
+            ckpt.save({"model": model.state_dict(), "result": result}, self.run_dir / FINAL)
             if self.logger is not None:
                 self.logger.summary(summary_values(result, k))
                 self.logger.finish(0)
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
-            ckpt.drop_resume_checkpoint(self.run_dir / "checkpoint.pt")
+            ckpt.drop_resume_checkpoint(self.run_dir / CHECKPOINT)
             print(f"[qat] {c.run_name}: {k} {result[k]:.2f}%", flush=True)
         barrier()
         return result
 
-    def _post_cfg(self):
-        """Post-step budgets left unset (None) take the preset's value."""
-        m, p = self.cfg.methods, self.cfg.preset_value
-        budgets = ("afw_epochs", "qc_epochs", "adaround_iterations", "step_only_epochs")
-        return replace(m, **{k: p(k) for k in budgets if getattr(m, k) is None})
+
+def _announce(message: str) -> None:
+    if is_main():
+        print(message, flush=True)
 
 
 def _fp_subset(cfg: RunConfig):

@@ -1,0 +1,128 @@
+"""The rules of a run that every task shares, written once (classification, torch detectors, Ultralytics).
+
+`run(cfg)` trains any run by its model's task; a task's glue (qat/train/classification.py `Trainer`, whose
+subclass qat/detection/torch_train.py trains SSD / YOLOX, and qat/detection/train.py for Ultralytics) holds its
+loop and its Task adapter and takes from here:
+- `start_point`: where a run starts: fresh, resumed (`--resume`: from its `checkpoint.pt`, or from
+  `trained.pt` when it was killed in the post steps) or branched from its recipe's parent (`Recipe.branch_from`)
+  at τ (`checkpoint_tau.pt`) or at the end (`trained.pt`); the parent is checked, or trained first;
+- `tau_epoch`: the epoch where the EAD phase starts;
+- `fp_weights`: the FP model a QAT run quantizes: --fp-checkpoint, else the task's cached FP model, trained
+  first by an FP run when missing, refused when its preset budgets changed;
+- `post_step_methods`: post-step budgets left unset take the preset's.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..config import FP_TABLE, check_fp_budgets
+from ..recipes import MethodConfig, get_recipe
+from ..run_dir import check_parent
+
+# A run directory's checkpoints (every task): the last epoch's (dropped when the run finishes), the one at τ
+# (the branch point of EAD recipes), the trained model before the post steps, the final model.
+CHECKPOINT, TAU_CHECKPOINT, TRAINED, FINAL = "checkpoint.pt", "checkpoint_tau.pt", "trained.pt", "final.pt"
+POST_BUDGETS = ("afw_epochs", "qc_epochs", "adaround_iterations", "step_only_epochs")
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss stopped being finite (every task's loop raises it; the CLI exits with status 1)."""
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a run starts: "fresh", "resume" (its own checkpoint) or "branch" (its parent's, at τ or the end);
+    `trained`: the checkpoint holds a trained model, so the run goes straight to its post steps."""
+    kind: str = "fresh"
+    path: Path | None = None
+    trained: bool = False
+
+    def describe(self, epoch: int | None = None) -> str:
+        if self.kind == "resume":
+            return "resumed" + (" after training" if self.trained else f" at epoch {epoch}" if epoch is not None else "")
+        return f"branched from {self.path}" if self.kind == "branch" else "fresh"
+
+
+def run(cfg) -> dict:
+    """Train the run `cfg` describes (or return its result when it finished already) through its task's glue."""
+    if cfg.task == "ultralytics":
+        from ..detection.train import train_detector
+        return train_detector(cfg)
+    if cfg.task == "detection":
+        from ..detection.torch_train import TorchDetectionTrainer as trainer
+    else:
+        from ..train.classification import Trainer as trainer
+    return trainer(cfg).run()
+
+
+def tau_epoch(epochs: int, ead_fraction: float, keep_one_ead_epoch: bool = False) -> int:
+    """τ in epochs: the ScaleGrad phase is the first (1 - ead_fraction) of the QAT epochs (paper: 80 of 100);
+    `keep_one_ead_epoch` (Ultralytics detectors): τ before the last epoch when there is an EAD phase at all."""
+    tau = round((1 - ead_fraction) * epochs)
+    if keep_one_ead_epoch and epochs > 1 and ead_fraction > 0:
+        tau = min(tau, epochs - 1)
+    return tau
+
+
+def start_point(cfg, logged=lambda c: c.to_dict(), barrier=lambda: None, announce=print) -> Start:
+    """Where the QAT or FP run `cfg` starts (module docstring); a branch's parent is checked against what it
+    would be trained with now (`logged(parent config)`), or trained first. An unfinished run without --resume is
+    refused."""
+    run_dir = cfg.run_dir
+    last, trained = run_dir / CHECKPOINT, run_dir / TRAINED
+    if not cfg.resume and (last.is_file() or trained.is_file()):
+        raise ValueError(f"{run_dir} holds a checkpoint of an unfinished run: pass --resume to continue it "
+                         f"or delete the directory")
+    if cfg.resume and trained.is_file():
+        return Start("resume", trained, trained=True)
+    if cfg.resume and last.is_file():
+        return Start("resume", last)
+    branch_from = None if cfg.is_fp else get_recipe(cfg.recipe).branch_from
+    if branch_from is None:
+        return Start()
+    parent_recipe, point = branch_from
+    parent = replace(cfg, recipe=parent_recipe, out=None, resume=True)
+    if cfg.out:  # keep ad-hoc output trees self-contained
+        parent = replace(parent, out=str(Path(cfg.out).parent / parent_recipe.replace("/", "_")))
+    path = parent.run_dir / (TAU_CHECKPOINT if point == "tau" else TRAINED)
+    if path.is_file():  # (a parent run trained here checks its directory itself)
+        check_parent(parent.run_dir, logged(parent), cfg.recipe, point)
+    else:
+        announce(f"[qat] {cfg.recipe} branches from {parent_recipe} at {point}: running it first")
+        run(parent)
+        barrier()
+    if not path.is_file():
+        raise FileNotFoundError(f"parent run {parent.run_dir} left no {path.name}")
+    return Start("branch", path, trained=point == "end")
+
+
+def fp_config(cfg):
+    """The FP run that trains the cached FP model of a QAT run: same model, preset and data, the preset's FP
+    budgets, in the FP table."""
+    return replace(cfg, recipe="fp", out=None, resume=True, epochs=None, lr=None, max_iterations=None,
+                   table=FP_TABLE, **{k: None for k in ("train_subset", "fraction") if hasattr(cfg, k)})
+
+
+def fp_weights(cfg, cache: Path, recorded_budgets, barrier=lambda: None, announce=print) -> Path:
+    """The FP checkpoint a QAT run quantizes: --fp-checkpoint, else `cache`, trained first by `fp_config(cfg)`
+    when missing (presets without FP budgets need --fp-checkpoint). A cached model trained with other FP
+    budgets than the preset sets now is refused; `recorded_budgets(path)`: the preset values stored with it."""
+    path = Path(cfg.fp_checkpoint) if cfg.fp_checkpoint else Path(cache)
+    if not path.is_file() and not cfg.fp_checkpoint:
+        if cfg.preset_value("fp_epochs") is None:
+            raise FileNotFoundError(f"FP checkpoint not found: {path} (the {cfg.preset} preset needs "
+                                    f"--fp-checkpoint with the model's trained FP weights)")
+        announce(f"[qat] no cached FP model at {path}: training it first")
+        run(fp_config(cfg))
+        barrier()
+    if not path.is_file():
+        raise FileNotFoundError(f"FP checkpoint not found: {path}")
+    if not cfg.fp_checkpoint:
+        check_fp_budgets(path, recorded_budgets(path), cfg.preset, cfg.presets[cfg.preset])
+    return path
+
+
+def post_step_methods(methods: MethodConfig, preset_value) -> MethodConfig:
+    """The methods' settings with every post-step budget left unset (None) taken from the preset."""
+    return replace(methods, **{k: preset_value(k) for k in POST_BUDGETS if getattr(methods, k) is None})

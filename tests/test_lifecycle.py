@@ -1,0 +1,76 @@
+"""The run lifecycle's rules, written once for every task (qat/run/lifecycle.py, issue 14): τ, where a run
+starts (fresh, resumed, branched from its parent, which is trained first when missing), post-step budgets, and
+recipes as a registry whose entries own their quantizer settings, hooks and post steps."""
+from dataclasses import replace
+
+import pytest
+
+from qat.config import RunConfig
+from qat.hooks import TrainingHook
+from qat.recipe_registry import RECIPES, Part, Recipe, register_recipe
+from qat.recipes import MethodConfig, get_recipe, make_hooks, make_post_steps, method_keys
+from qat.run import lifecycle
+
+
+def test_tau_is_the_start_of_the_last_ead_fraction_of_the_epochs():
+    assert lifecycle.tau_epoch(100, 0.2) == 80 and lifecycle.tau_epoch(5, 0.2) == 4
+    assert lifecycle.tau_epoch(2, 0.2, keep_one_ead_epoch=True) == 1
+    assert lifecycle.tau_epoch(1, 0.2, keep_one_ead_epoch=True) == 1 and lifecycle.tau_epoch(2, 0.0, True) == 2
+
+
+def test_a_run_starts_fresh_resumed_or_branched_from_its_parent_trained_first(tmp_path, monkeypatch):
+    trained = []
+
+    def train_parent(cfg):  # stands in for training the parent run: it leaves its τ checkpoint
+        trained.append(cfg.recipe)
+        cfg.run_dir.mkdir(parents=True)
+        (cfg.run_dir / lifecycle.TAU_CHECKPOINT).write_bytes(b"")
+
+    monkeypatch.setattr(lifecycle, "run", train_parent)
+    child = RunConfig(recipe="scalegrad+ead", preset="smoke", wandb=False, out=str(tmp_path / "child"))
+    start = lifecycle.start_point(child, announce=lambda m: None)
+    assert (start.kind, start.path, start.trained) == ("branch", tmp_path / "scalegrad" / "checkpoint_tau.pt", False)
+    assert lifecycle.start_point(child, announce=lambda m: None).path == start.path and trained == ["scalegrad"]
+    assert lifecycle.start_point(replace(child, recipe="lsq")).kind == "fresh"
+
+    run_dir = tmp_path / "child"
+    run_dir.mkdir()
+    (run_dir / lifecycle.CHECKPOINT).write_bytes(b"")
+    with pytest.raises(ValueError, match="--resume"):
+        lifecycle.start_point(child)
+    resumed = lifecycle.start_point(replace(child, resume=True))
+    assert (resumed.kind, resumed.path, resumed.trained) == ("resume", run_dir / "checkpoint.pt", False)
+    (run_dir / lifecycle.TRAINED).write_bytes(b"")  # killed in the post steps: they run again on the trained model
+    assert lifecycle.start_point(replace(child, resume=True)) == lifecycle.Start("resume", run_dir / "trained.pt", True)
+
+
+def test_post_step_budgets_left_unset_take_the_presets():
+    preset = {"afw_epochs": 0.5, "qc_epochs": 1, "adaround_iterations": 20, "step_only_epochs": 2}
+    m = lifecycle.post_step_methods(MethodConfig(afw_epochs=3), preset.get)
+    assert (m.afw_epochs, m.qc_epochs, m.adaround_iterations, m.step_only_epochs) == (3, 1, 20, 2)
+
+
+class _Probe(TrainingHook):
+    def __init__(self, tau, k):
+        self.tau, self.k = tau, k
+
+
+def test_a_method_is_one_registration_whose_entry_owns_its_settings_hooks_and_keys():
+    probe = Part("probe", lambda m, bits, tau: _Probe(tau, m.ead_k), ("ead_k",))
+    register_recipe(Recipe("probe", per_channel=True, hooks=(probe,), post=(get_recipe("ours").post[0],),
+                           branch_from=("scalegrad", "tau")))
+    try:
+        recipe = get_recipe("probe")
+        hooks = make_hooks(recipe, 4, 7, MethodConfig(ead_k=2.0))
+        assert isinstance(hooks[-1], _Probe) and (hooks[-1].tau, hooks[-1].k) == (7, 2.0)
+        assert [type(s).__name__ for s in make_post_steps(recipe, MethodConfig(afw_epochs=1))] == ["AFWStep"]
+        # its own keys, its post step's and its parent's (ScaleGrad's gradient mode)
+        assert {"ead_k", "afw_lr", "pulse_delta", "dist_k"} <= method_keys(recipe)
+        assert recipe.quantizer(MethodConfig()) == {"per_channel": True, "pulse_delta": None, "dist_k": None}
+        with pytest.raises(ValueError, match="twice"):
+            register_recipe(Recipe("probe"))
+    finally:
+        del RECIPES["probe"]
+    assert get_recipe("ours") is get_recipe("scalegrad+ead+afw")
+    assert get_recipe("scalegrad").quantizer(MethodConfig(pulse_delta=0.2, dist_k=3.0)) == \
+        {"per_channel": False, "pulse_delta": 0.2, "dist_k": 3.0}
