@@ -12,8 +12,7 @@ import re
 import sys
 
 from .cli_help import METHOD_HELP, RUN_HELP
-from .config import PresetRun, RunConfig
-from .detection import ULTRALYTICS_DETECTORS
+from .config import TASK_FIELDS, ULTRALYTICS_DETECTORS, RunConfig, task_of
 from .models import model_names
 from .afw import LOSS_REDUCTIONS, REG_REDUCTIONS, THETA_INITS
 from .recipes import RECIPES, MethodConfig
@@ -53,7 +52,7 @@ share = _checked(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 # The type of each configuration field's option where the field's default does not say it (None defaults)
 # or only some values make sense.
 FIELD_TYPES = {"bits": bits_value, "first_last_bits": bits_value, "seed": non_negative_int,
-               "epochs": positive_int, "batch_size": positive_int, "batch": positive_int,
+               "epochs": positive_int, "batch_size": positive_int,
                "train_subset": positive_int, "max_iterations": positive_int, "imgsz": positive_int,
                "log_every": positive_int, "fig1_iterations": non_negative_int, "workers": non_negative_int,
                "lr": non_negative_float, "fraction": share, "adaround_iterations": positive_int}
@@ -98,45 +97,28 @@ def all_models() -> list[str]:
     return [*model_names(), *TORCH_DETECTORS, *ULTRALYTICS_DETECTORS]
 
 
-def task_config(model: str | None) -> type[PresetRun]:
-    """The configuration class of `model`'s task: a classifier's RunConfig, SSD / YOLOX's TorchDetectionConfig,
-    an Ultralytics detector's DetectionConfig (an unknown name gets RunConfig, whose parser names the choices)."""
-    from .detection.torch_detectors import TORCH_DETECTORS
-    if model in ULTRALYTICS_DETECTORS:
-        from .detection.train import DetectionConfig
-        return DetectionConfig
-    if model in TORCH_DETECTORS:
-        from .detection.torch_train import TorchDetectionConfig
-        return TorchDetectionConfig
-    return RunConfig
-
-
-def build_parser(config_cls: type[PresetRun] = RunConfig, prog: str = "python -m qat.run",
-                 default_model: str | None = None) -> argparse.ArgumentParser:
-    """The CLI of `config_cls`: one option per field, each with its help text (qat/cli_help.py) and default;
-    --model takes every model (the caller picked `config_cls` by it), --device also Ultralytics' GPU ids for
-    an Ultralytics detector."""
+def build_parser(prog: str = "python -m qat.run", default_model: str | None = None) -> argparse.ArgumentParser:
+    """The CLI of RunConfig: one option per field, each with its help text (qat/cli_help.py) and default."""
     from .prepare.cle import RELU6_MODES
     p = OneLineErrorParser(prog=prog, description=__doc__, formatter_class=_HelpFormatter)
-    d = config_cls()
+    d = RunConfig(model=default_model or RunConfig.model)
     models = all_models()
     p.add_argument("--model", default=default_model or d.model, choices=models, metavar="NAME",
                    help=f"one of: {', '.join(models)}")
     p.add_argument("--recipe", default=d.recipe, choices=["fp"] + sorted(RECIPES), metavar="NAME",
                    help=f"fp (FP pretraining) or one of: {', '.join(sorted(RECIPES))}")
-    p.add_argument("--preset", default=d.preset, choices=sorted(config_cls.presets),
-                   help="budgets and data set (qat/config.py; detectors: qat/detection/)")
+    p.add_argument("--preset", default=d.preset, choices=sorted(d.presets),
+                   help="budgets and data set of the model's task (qat/presets.py)")
     choices = {**FIELD_CHOICES, "cle_relu6": RELU6_MODES}
-    for f in dataclasses.fields(config_cls):
+    for f in dataclasses.fields(RunConfig):
         if f.name in ("model", "recipe", "preset", "methods"):
             continue
-        default = getattr(d, f.name)
+        default = f.default  # (cle and workers: None = the task's, RunConfig.__post_init__)
         help_text = RUN_HELP.get(f.name)
         if isinstance(default, bool):
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif f.name == "device":
-            p.add_argument("--device", type=device_option(config_cls.task == "ultralytics"), default=default,
-                           help=help_text)
+        elif f.name == "device":  # checked in parse_config: Ultralytics detectors also take GPU ids
+            p.add_argument("--device", default=default, help=help_text)
         else:
             kind = FIELD_TYPES.get(f.name) or {int: int, float: float}.get(type(default), str)
             p.add_argument(_flag(f.name), type=kind, default=default, choices=choices.get(f.name), help=help_text)
@@ -150,15 +132,21 @@ def build_parser(config_cls: type[PresetRun] = RunConfig, prog: str = "python -m
     return p
 
 
-def parse_config(argv=None, default_model: str | None = None, prog: str = "python -m qat.run") -> PresetRun:
-    """The run configuration of a command line, of the class of its --model's task."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--model", default=default_model)
-    config_cls = task_config(pre.parse_known_args(argv)[0].model or default_model or RunConfig.model)
-    args = vars(build_parser(config_cls, prog, default_model).parse_args(argv))
+def parse_config(argv=None, default_model: str | None = None, prog: str = "python -m qat.run") -> RunConfig:
+    """The run configuration of a command line; an option the --model's task does not read is refused."""
+    parser = build_parser(prog, default_model)
+    args = vars(parser.parse_args(argv))
+    task = task_of(args["model"])
+    for name, tasks in TASK_FIELDS.items():
+        if args[name] is not None and task not in tasks:
+            parser.error(f"{_flag(name)} applies to {' and '.join(tasks)} models, not to {args['model']} ({task})")
+    try:
+        check_device(args["device"], ultralytics_ids=task == "ultralytics")
+    except ValueError as e:
+        parser.error(f"argument --device: {e}")
     method_names = {f.name for f in dataclasses.fields(MethodConfig)}
     methods = MethodConfig(**{k: v for k, v in args.items() if k in method_names})
-    return config_cls(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
+    return RunConfig(**{k: v for k, v in args.items() if k not in method_names}, methods=methods)
 
 
 def _error(message: str) -> int:

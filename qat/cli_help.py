@@ -1,7 +1,7 @@
-"""Help text of every option of `python -m qat.train` and `python -m qat.detection` (argparse adds each default).
+"""Help text of every option of `python -m qat.run` (= qat.train, qat.detection; argparse adds each default).
 
-Keyed by the configuration field the option sets (RunConfig, DetectionConfig, TorchDetectionConfig, MethodConfig);
-tests/test_cli_validation.py checks that every option of both CLIs has one. argparse formats help with `%`, so a
+Keyed by the configuration field the option sets (RunConfig, MethodConfig); tests/test_cli_validation.py checks
+that every option has one. argparse formats help with `%`, so a
 literal percent sign is written `%%`.
 """
 from __future__ import annotations
@@ -12,33 +12,35 @@ RUN_HELP: dict[str, str] = {
     "table": "W&B group and run-directory prefix: runs/<preset>/<table>/<model>/<recipe>/w<b>a<b>/s<seed>",
     "data": "data location: the ImageNet root (paper preset) or a Fashion-MNIST directory; detection: an Ultralytics "
             "COCO data yaml (YOLO) or a COCO root (SSD / YOLOX); default: the preset's data set",
-    "val_json": "COCO annotations of the val split (default: the data yaml's val_json)",
+    "val_json": "Ultralytics detectors: COCO annotations of the val split (default: the data yaml's val_json)",
     "calib_split": "where quantizer calibration and bias correction draw images: 'train' (a held-out slice of the "
                    "training set) or 'val' (the paper's choice, SPEC §1)",
     "fp_checkpoint": "FP weights to quantize (needed at the paper preset); default: the cached FP model under "
                      "checkpoints/fp, trained first when missing",
     "out": "run directory; default: runs/<preset>/<table>/<model>/<recipe>/w<b>a<b>/s<seed>",
     "resume": "continue an unfinished run from its last checkpoint",
-    "device": "auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N",
+    "device": "auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N; Ultralytics detectors also "
+              "take its GPU ids (0 or 0,1)",
     "wandb": "log the run to W&B (offline unless WANDB_MODE says otherwise)",
     "quantize_first_last": "quantize the first and last layers at --bits too instead of --first-last-bits (SPEC §1)",
     "first_last_bits": "bits of the first and the last layer when --no-quantize-first-last (SPEC §1), 2-8",
-    "cle": "cross-layer equalization before QAT (SPEC §8; needs ReLU-like activations)",
+    "cle": "cross-layer equalization before QAT (SPEC §8; needs ReLU-like activations); default (None): on for "
+           "classifiers, off for detectors",
     "cle_relu6": "CLE on a chain with ReLU6: 'clip' (a per-channel clip, exact) or 'relu' (DFQ's ReLU)",
     "bias_correction": "empirical bias correction after quantizer init (SPEC §8)",
     "epochs": "training epochs, a positive integer; default: the preset's QAT (or FP) epochs",
     "lr": "learning rate, >= 0; default: the preset's QAT (or FP) lr",
     "batch_size": "images per batch, a positive integer; default: the preset's",
-    "batch": "images per batch, a positive integer; default: the preset's",
-    "train_subset": "training images used, a positive integer; default: the preset's",
-    "imgsz": "square input size in pixels, a positive integer; default: the preset's",
-    "fraction": "share of the training images used per epoch, in (0, 1]; default: the preset's",
+    "train_subset": "classifiers, SSD / YOLOX: training images used, a positive integer; default: the preset's",
+    "imgsz": "detectors: square input size in pixels, a positive integer; default: the preset's",
+    "fraction": "Ultralytics detectors: share of the training images used per epoch, in (0, 1]; default: the "
+                "preset's",
     "weight_decay": "SGD weight decay (none on step sizes, SPEC §9)",
     "momentum": "SGD momentum (SPEC §9)",
     "ead_fraction": "share of the QAT iterations in the EAD phase: τ = (1 - this) x the total (SPEC §3)",
     "max_iterations": "stop after this many optimizer steps, a positive integer (tests, smoke runs)",
     "deterministic": "bitwise-reproducible resume on a CPU (turns oneDNN kernels off)",
-    "workers": "data-loader processes",
+    "workers": "data-loader processes; default (None): 8 for classifiers, 0 for detectors",
     "log_every": "log the running loss every this many iterations",
     "fig1_iterations": "record Fig. 1's weight and step-size traces over this many last iterations",
 }

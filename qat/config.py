@@ -1,66 +1,91 @@
-"""Presets (smoke / proxy / proxy-long / proxy-gpu / paper) and the resolved configuration of one run.
+"""The resolved configuration of one run of any task (`RunConfig`), run names and directories, the FP cache.
 
-A preset changes only budgets and data; every preset runs the same code (DESIGN.md).
-QAT keeps the paper's phase proportions: 80% ScaleGrad (τ), 20% EAD, then AFW ≈ 10% of the QAT epochs.
+Budgets come from the presets of the run's task (qat/presets.py).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 from dataclasses import asdict, dataclass, field
-from typing import ClassVar
 from pathlib import Path
 
+from .presets import MODEL_QAT_LR, PRESETS
 from .recipes import MethodConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
-PRESETS: dict[str, dict] = {
-    # Seconds on a CPU: proves every path runs (tests, CI).
-    "smoke": dict(val_every_epoch=True, dataset="fashion-mnist", model_size="proxy", batch_size=32, train_subset=256, test_subset=256,
-                  fp_epochs=2, fp_train_subset=2048, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=2, afw_epochs=0.5,
-                  qc_epochs=0.5, adaround_iterations=20, step_only_epochs=0.5, lr_step_fraction=0.5, bias_correction_batches=4),
-    # Fashion-MNIST sized so that one seed of a table fits in about 30 minutes of a 2-core CPU (the main job):
-    # FP models trained once (cached, 2 epochs of 25.6k images), QAT 130 iterations (5 epochs of 3 328 images),
-    # bias correction on 2 batches of 128, accuracy on 5 000 test images.
-    "proxy": dict(val_every_epoch=False, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=3328, test_subset=5000,
-                  fp_epochs=2, fp_train_subset=25600, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=16,
-                  afw_epochs=0.5, qc_epochs=1, adaround_iterations=100, step_only_epochs=1, lr_step_fraction=0.4,
-                  bias_correction_batches=2),
-    # The budgets of the first committed results (tables/results/proxy-long/): 2.6× the QAT iterations, the
-    # full test set; hours per table on a 2-core CPU.
-    "proxy-long": dict(val_every_epoch=False, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=10000, test_subset=None,
-                  fp_epochs=4, fp_train_subset=None, fp_lr=0.05, qat_epochs=5, qat_lr=0.01, calib_batches=32,
-                  afw_epochs=0.5, qc_epochs=1, adaround_iterations=300, step_only_epochs=1, lr_step_fraction=0.4,
-                  bias_correction_batches=4),
-    # Same as proxy with the bigger budgets one GPU affords.
-    "proxy-gpu": dict(val_every_epoch=True, dataset="fashion-mnist", model_size="proxy", batch_size=128, train_subset=None, test_subset=None,
-                      fp_epochs=20, fp_train_subset=None, fp_lr=0.05, qat_epochs=20, qat_lr=0.01, calib_batches=32,
-                      afw_epochs=2, qc_epochs=1, adaround_iterations=2000, step_only_epochs=2, lr_step_fraction=0.4,
-                      bias_correction_batches=4),
-    # The paper (§V): ImageNet, SGD lr 1e-3, momentum 0.9, wd 1e-5, batch 128, StepLR,
-    # 80 epochs ScaleGrad + 20 EAD + 10 AFW; FP weights from a local checkpoint.
-    "paper": dict(val_every_epoch=True, dataset="imagenet", model_size="paper", batch_size=128, train_subset=None, test_subset=None,
-                  fp_epochs=None, fp_lr=None, qat_epochs=100, qat_lr=1e-3, calib_batches=32, afw_epochs=10,
-                  qc_epochs=1, adaround_iterations=10000, step_only_epochs=1, lr_step_fraction=0.4,
-                  bias_correction_batches=4),
-}
-
-# A QAT learning rate of its own for a model that does not train at its preset's (tables/results/README.md,
-# DEVIATIONS 24): BN-folded MobileNetV1 (no residuals) diverges at qat_lr 1e-2 even at W8A8 and ends at chance
-# with 1e-3; with 1e-4 it keeps most of its calibrated accuracy. Not a preset key (that would change every
-# run's recorded preset values, so no earlier run would match for reuse): RunConfig records it as the run's `lr`.
-MODEL_QAT_LR: dict[tuple[str, str], float] = {(preset, "mobilenetv1"): 1e-4
-                                              for preset in ("proxy", "proxy-long", "proxy-gpu")}
+# Ultralytics detector name -> model yaml (scale letter picked from the file name).
+ULTRALYTICS_DETECTORS = {"yolov8n": "yolov8n.yaml", "yolov8s": "yolov8s.yaml", "yolov8m": "yolov8m.yaml",
+                         "yolov9t": "yolov9t.yaml", "yolov9s": "yolov9s.yaml"}
+# Fields only some tasks read (the others refuse them instead of ignoring them).
+TASK_FIELDS = {"imgsz": ("detection", "ultralytics"), "val_json": ("ultralytics",), "fraction": ("ultralytics",),
+               "train_subset": ("classification", "detection")}
 
 
-class PresetRun:
-    """What every run configuration (RunConfig, DetectionConfig) derives from its model, recipe, bits, seed,
-    preset, table and out fields and its class's `presets`; `task` picks the glue that trains it
-    (qat/run/lifecycle.py `run`)."""
+def task_of(model: str) -> str:
+    """The task whose glue trains `model` (qat/run/lifecycle.py `run`) and whose presets it takes: an
+    Ultralytics detector, SSD / YOLOX ("detection", through the classification loop) or a classifier."""
+    from .detection.torch_detectors import TORCH_DETECTORS
+    if model in ULTRALYTICS_DETECTORS:
+        return "ultralytics"
+    return "detection" if model in TORCH_DETECTORS else "classification"
 
-    presets: ClassVar[dict[str, dict]]
-    task: ClassVar[str]
+
+@dataclass
+class RunConfig:
+    """The resolved configuration of one run of any task (its model's: `task`); budgets left unset take the
+    preset's of that task (qat/presets.py)."""
+    model: str = "mobilenetv2"
+    recipe: str = "lsq"                  # or "fp" for FP pretraining
+    bits: int = 4
+    seed: int = 0
+    preset: str = "proxy"
+    table: str = "adhoc"                 # W&B group / run-directory prefix
+    data: str | None = None              # ImageNet root / Fashion-MNIST directory; COCO root; Ultralytics data yaml
+    val_json: str | None = None          # Ultralytics: COCO ground truth of the val split (default: the yaml's)
+    calib_split: str = "train"           # "train" = held-out slice of the training set; "val" = the paper's
+    fp_checkpoint: str | None = None     # paper preset: local FP weights; proxy: cached under checkpoints/fp
+    out: str | None = None               # run directory; default runs/{table}/{model}/{recipe}/w{b}a{b}/s{seed}
+    resume: bool = False
+    device: str = "auto"                 # Ultralytics detectors also take its GPU ids ("0", "0,1")
+    wandb: bool = True
+    quantize_first_last: bool = False
+    first_last_bits: int = 8
+    cle: bool | None = None              # None: on for classifiers; off for detectors (SiLU is not ReLU-like)
+    cle_relu6: str = "clip"              # CLE: a chain's ReLU6 becomes a per-channel clip (exact) or "relu" (DFQ)
+    bias_correction: bool = True
+    epochs: int | None = None            # overrides the preset's QAT (or FP) epochs
+    lr: float | None = None              # overrides the preset's lr (QAT default: MODEL_QAT_LR, else qat_lr)
+    batch_size: int | None = None
+    train_subset: int | None = None      # classifiers, SSD / YOLOX: training images used
+    imgsz: int | None = None             # detectors: square input size
+    fraction: float | None = None        # Ultralytics: share of the training images used per QAT epoch
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    ead_fraction: float = 0.2            # EAD phase = last 20% of QAT epochs (paper 20 of 100)
+    max_iterations: int | None = None    # stop after this many optimizer steps (tests, paper smoke)
+    deterministic: bool = False          # bitwise-reproducible resume on CPU (disables oneDNN kernels)
+    workers: int | None = None           # data-loader processes; None: 8 for classifiers, 0 for detectors
+    log_every: int = 20
+    fig1_iterations: int = 200           # log Fig. 1 traces over the last N iterations
+    methods: MethodConfig = field(default_factory=MethodConfig)
+
+    def __post_init__(self):
+        classifier = self.task == "classification"
+        if self.cle is None:
+            self.cle = classifier
+        if self.workers is None:
+            self.workers = 8 if classifier else 0
+        if self.lr is None and not self.is_fp:
+            self.lr = MODEL_QAT_LR.get((self.preset, self.model))
+
+    @property
+    def task(self) -> str:
+        return task_of(self.model)
+
+    @property
+    def presets(self) -> dict[str, dict]:
+        return PRESETS[self.task]
 
     def preset_value(self, key):
         return self.presets[self.preset][key]
@@ -83,48 +108,8 @@ class PresetRun:
         """--lr where given (0 included), else the preset's FP or QAT lr."""
         return self.lr if self.lr is not None else self.preset_value("fp_lr" if self.is_fp else "qat_lr")
 
-
-@dataclass
-class RunConfig(PresetRun):
-    model: str = "mobilenetv2"
-    recipe: str = "lsq"                  # or "fp" for FP pretraining
-    bits: int = 4
-    seed: int = 0
-    preset: str = "proxy"
-    table: str = "adhoc"                 # W&B group / run-directory prefix
-    data: str | None = None              # ImageNet root (paper preset) or Fashion-MNIST directory
-    calib_split: str = "train"           # "train" = held-out slice of the training set; "val" = the paper's
-    fp_checkpoint: str | None = None     # paper preset: local FP weights; proxy: cached under checkpoints/fp
-    out: str | None = None               # run directory; default runs/{table}/{model}/{recipe}/w{b}a{b}/s{seed}
-    resume: bool = False
-    device: str = "auto"
-    wandb: bool = True
-    quantize_first_last: bool = False
-    first_last_bits: int = 8
-    cle: bool = True
-    cle_relu6: str = "clip"              # CLE: a chain's ReLU6 becomes a per-channel clip (exact) or "relu" (DFQ)
-    bias_correction: bool = True
-    epochs: int | None = None            # overrides the preset's QAT (or FP) epochs
-    lr: float | None = None              # overrides the preset's lr (QAT default: MODEL_QAT_LR, else qat_lr)
-    batch_size: int | None = None
-    train_subset: int | None = None
-    weight_decay: float = 1e-5
-    momentum: float = 0.9
-    ead_fraction: float = 0.2            # EAD phase = last 20% of QAT epochs (paper 20 of 100)
-    max_iterations: int | None = None    # stop after this many optimizer steps (tests, paper smoke)
-    deterministic: bool = False          # bitwise-reproducible resume on CPU (disables oneDNN kernels)
-    workers: int = 8                     # data-loader processes (paper preset)
-    log_every: int = 20
-    fig1_iterations: int = 200           # log Fig. 1 traces over the last N iterations
-    methods: MethodConfig = field(default_factory=MethodConfig)
-    presets: ClassVar[dict[str, dict]] = PRESETS  # a task with other budgets (torch detectors) brings its own
-    task: ClassVar[str] = "classification"
-
-    def __post_init__(self):
-        if self.lr is None and not self.is_fp:
-            self.lr = MODEL_QAT_LR.get((self.preset, self.model))
-
     def to_dict(self) -> dict:
+        """The run's configuration as recorded in its directory (config.json) and logged to W&B (`options`)."""
         d = asdict(self)
         d["preset_values"] = dict(self.presets[self.preset])
         return d
@@ -173,15 +158,17 @@ def path_digest(path: str | Path) -> str:
 
 
 # The preset values an FP model's training depends on (classification, Ultralytics and torch detector presets).
-FP_BUDGET_KEYS = ("dataset", "fmnist_det", "model_size", "imgsz", "batch", "batch_size", "fp_epochs", "fp_lr",
+FP_BUDGET_KEYS = ("dataset", "fmnist_det", "model_size", "imgsz", "batch_size", "fp_epochs", "fp_lr",
                   "fp_train_subset", "fp_warmup_epochs")
 
 
 def check_fp_budgets(path: Path, trained_with: dict | None, preset: str, now: dict) -> None:
     """A cached FP model is named by model and preset, not by the preset's budgets: refuse one trained with
-    other FP budgets than the preset sets now (an edited preset would reuse it silently). Checkpoints that
-    record no preset values (written before they were recorded) pass."""
-    changed = [k for k in FP_BUDGET_KEYS if k in (trained_with or {}) and k in now and trained_with[k] != now[k]]
+    other FP budgets than the preset sets now (an edited preset would reuse it silently)."""
+    if trained_with is None:
+        raise ValueError(f"the cached FP model {path} records no preset budgets (older code wrote it): delete it "
+                         f"and its FP run (runs/{preset}/{FP_TABLE}/<model>) to train it again")
+    changed = [k for k in FP_BUDGET_KEYS if k in trained_with and k in now and trained_with[k] != now[k]]
     if changed:
         was = ", ".join(f"{k}={trained_with[k]!r}" for k in changed)
         new = ", ".join(f"{k}={now[k]!r}" for k in changed)

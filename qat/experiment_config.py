@@ -50,7 +50,7 @@ def _integer_list(path: Path, key: str, values, allowed: str, ok) -> None:
 
 
 def load_config(path: Path) -> dict:
-    from .config import PRESETS
+    from .presets import PRESET_NAMES
     from .recipes import RECIPES
     if not path.is_file():
         raise FileNotFoundError(f"experiment config not found: {path}")
@@ -82,8 +82,8 @@ def load_config(path: Path) -> dict:
     if not isinstance(extra, dict):
         raise ValueError(f"{path}: extra_args must map a preset to a list of arguments, got {extra!r}")
     for preset, args in extra.items():
-        if preset not in PRESETS:
-            raise ValueError(f"{path}: extra_args: {unknown_value('preset', preset, list(PRESETS))}")
+        if preset not in PRESET_NAMES:
+            raise ValueError(f"{path}: extra_args: {unknown_value('preset', preset, list(PRESET_NAMES))}")
         if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
             raise ValueError(f"{path}: extra_args.{preset} must be a list of strings, got {args!r}")
     return cfg

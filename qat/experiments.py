@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from .child_processes import run_child, stop_children_on_signals
 from .cli import OneLineErrorParser, device_option, positive_int
-from .config import FP_TABLE, PRESETS, REPO, fp_cache_path, fp_run_dir, run_name, runs_root
+from .config import FP_TABLE, REPO, fp_cache_path, fp_run_dir, run_name, runs_root
+from .presets import PRESET_NAMES
 from .detection.torch_detectors import TORCH_DETECTORS
 from .experiment_config import check_names, known_models, load_config, parse_seeds
 from .launch_progress import LaunchProgress
@@ -133,7 +134,7 @@ def default_jobs(device: str) -> int:
 def main(argv=None) -> int:
     p = OneLineErrorParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path)
-    p.add_argument("--preset", default=os.environ.get("PRESET", "proxy"), help=f"$PRESET; {', '.join(PRESETS)}")
+    p.add_argument("--preset", default=os.environ.get("PRESET", "proxy"), help=f"$PRESET; {', '.join(PRESET_NAMES)}")
     p.add_argument("--seeds", default=os.environ.get("SEEDS"), help="$SEEDS, space/comma separated; default: the config's")
     p.add_argument("--device", default=os.environ.get("DEVICE", "auto"), type=device_option(),
                    help="$DEVICE: auto, cpu, cuda or cuda:N")
@@ -147,8 +148,8 @@ def main(argv=None) -> int:
     args, extra = p.parse_known_args(argv)
     try:  # everything checked before anything trains or is written
         cfg = load_config(args.config)
-        if args.preset not in PRESETS:
-            raise ValueError(f"--preset / PRESET: unknown preset {args.preset!r}; allowed: {', '.join(PRESETS)}")
+        if args.preset not in PRESET_NAMES:
+            raise ValueError(f"--preset / PRESET: unknown preset {args.preset!r}; allowed: {', '.join(PRESET_NAMES)}")
         seeds = parse_seeds(args.seeds) if args.seeds else cfg.get("seeds", [0])
         models = args.models.split(",") if args.models else None
         check_names("model in --models / MODELS", models or [], known_models())

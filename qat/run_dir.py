@@ -139,7 +139,7 @@ def check_parent(parent_dir: Path, expected: dict, branch: str, point: str) -> N
 
 
 def _logs_wandb(config: dict | None) -> bool:
-    return bool(config and config.get("detection_config", config).get("wandb", False))
+    return bool(config and config.get("wandb", False))
 
 
 def run_problem(run_dir: Path, records: list[RunRecord] | None = None) -> str | None:

@@ -6,16 +6,11 @@ experiment when their configurations agree on everything that changes training. 
 (qat/experiments.py) then does not train the cell again, and the table makers (tables/common.py) fill
 the cell from the other table's run.
 
-The rule (`training_identity`): a run's `options` (W&B config) minus the keys in IGNORED_KEYS (naming, output,
-resuming, hardware, logging, code version), removed at every nesting level; integral floats count as
-ints (2000.0 = 2000). For a detection run (its config has `detection_config`) only `detection_config`
-counts: it holds every option the run was given; `detection_run` and `ultralytics_args` are derived
-from it by `train_detector` (plus paths into the run's own directory, the parent's checkpoint and the
-FP cache), so they would only tell runs apart by where they live. (The config's `preset_values`, the
-DET_PRESETS budgets, stay out: runs made before they were recorded, 70 of our 155 finished detection runs,
-could not be compared. Where a run recorded them, `budgets_as_now` holds reuse and the stale-run warning
-to today's DET_PRESETS; the FMNIST-Det version counts as a code change, ignored like `git_commit`.)
-User-given paths (`data`,
+The rule (`training_identity`): a run's `options` (W&B config; its recorded config.json is the same dict) minus
+the keys in IGNORED_KEYS (naming, output, resuming, hardware, logging, code version, and the Ultralytics
+trainer's derived `detection_run` / `ultralytics_args`, which hold paths into the run's own directory), removed
+at every nesting level; integral floats count as ints (2000.0 = 2000). The preset's budgets (`preset_values`)
+count: a run trained with budgets since edited is another experiment. User-given paths (`data`,
 `fp_checkpoint`, `val_json`) stay in the identity: other weights or data are another experiment.
 Only what the run's recipe reads counts (`relevant_config`): of the method hyper-parameters those of its
 recipe and its parent's (recipes.method_keys), and an FP run has none of the QAT settings (bits, prologue,
@@ -34,7 +29,7 @@ from .logging.run_reader import RunRecord, read_local_runs
 from .logging.schema import OPTIONS_KEY
 
 IGNORED_KEYS = frozenset({"table", "out", "resume", "device", "wandb", "workers", "log_every", "git_commit",
-                          "name", "group", "tags", "project", "save_dir"})
+                          "name", "group", "tags", "project", "save_dir", "detection_run", "ultralytics_args"})
 SKIPPED_DIRS = frozenset({"logs", FP_TABLE})  # under runs/<preset>/: not tables of QAT runs
 
 
@@ -48,19 +43,17 @@ def _strip(value: Any) -> Any:
     return value
 
 
-# RunConfig / DetectionConfig fields an FP run never reads (the QAT run that trains a missing FP model passes
+# RunConfig fields an FP run never reads (the QAT run that trains a missing FP model passes
 # its own values on).
 QAT_ONLY_KEYS = frozenset({"bits", "methods", "cle", "cle_relu6", "bias_correction", "quantize_first_last",
                            "first_last_bits", "ead_fraction", "fig1_iterations"})
 
 
 def relevant_config(config: dict) -> dict:
-    """The part of a run's config (classification: flat; detection: its `detection_config`) that its recipe
-    reads: an FP run without QAT_ONLY_KEYS, a QAT run with only its recipe's method hyper-parameters."""
+    """The part of a run's config that its recipe reads: an FP run without QAT_ONLY_KEYS, a QAT run with only
+    its recipe's method hyper-parameters."""
     from .recipes import RECIPES, method_keys
     config = options_of(config)
-    if "detection_config" in config:
-        config = config["detection_config"]
     recipe = config.get("recipe")
     if recipe == "fp":
         return {k: v for k, v in config.items() if k not in QAT_ONLY_KEYS}
@@ -83,13 +76,11 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 
 def identity_differences(config: dict, expected: dict) -> dict[str, tuple[Any, Any]]:
     """Dotted key → (value in `config`, value in `expected`) for every key of the training identity on which
-    they differ; for a detection run that recorded them, `preset_values` when they are not today's budgets."""
+    they differ."""
     ours, theirs = (_flat(json.loads(training_identity(c))) for c in (config, expected))
     missing = "(unset)"
     diff = {k: (ours.get(k, missing), theirs.get(k, missing)) for k in sorted(ours.keys() | theirs.keys())
             if ours.get(k, missing) != theirs.get(k, missing)}
-    if not budgets_as_now(config):
-        diff["preset_values"] = (options_of(config)["preset_values"], "today's DET_PRESETS budgets")
     return diff
 
 
@@ -98,51 +89,19 @@ def options_of(config: dict) -> dict:
     return config.get(OPTIONS_KEY, config)
 
 
-def budgets_as_now(config: dict) -> bool:
-    """Whether a detection run's recorded DET_PRESETS budgets (`preset_values`) are its preset's budgets now.
-    They are not part of `training_identity` (module docstring), so `trains_as` checks them apart; a run that
-    recorded none, and every non-detection run, counts as current."""
-    config = options_of(config)
-    if "detection_config" not in config or "preset_values" not in config:
-        return True
-    from .detection.train import DET_PRESETS
-    preset = config["detection_config"].get("preset")
-    recorded = config["preset_values"]
-    return preset in DET_PRESETS and training_identity(recorded) == training_identity(DET_PRESETS[preset])
-
-
 def trains_as(config: dict, expected: dict) -> bool:
-    """Whether a finished run's logged `config` trained what `expected` describes: the same training identity
-    and, for a detection run that recorded them, today's DET_PRESETS budgets."""
+    """Whether a finished run's logged `config` trained what `expected` describes: the same training identity."""
     return not identity_differences(config, expected)
 
 
 def default_config(preset: str, table: str, model: str, recipe: str, bits: int, seed: int,
                    like: dict | None = None) -> dict:
-    """The configuration the launcher gives this cell when no extra arguments pass through.
-
-    Classification: `RunConfig(...).to_dict()`. Detection: `like` (the config of another run of the same
-    model and recipe, whose options the table's runs share) with bits and seed set, else the
-    `DetectionConfig` defaults.
-    """
-    from .detection.torch_detectors import TORCH_DETECTORS
-    from .experiments import DETECTORS
-    if model in TORCH_DETECTORS:  # SSD / YOLOX run through the classification loop with their own presets
-        from .detection.torch_train import TorchDetectionConfig
-        return TorchDetectionConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=preset,
-                                    table=table).to_dict()
-    if model not in DETECTORS:
-        return RunConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=preset, table=table).to_dict()
+    """The configuration the launcher gives this cell when no extra arguments pass through: `like` (the config of
+    another run of the same model and recipe, whose options the table's runs share) with bits and seed set, else
+    `RunConfig(...).to_dict()`."""
     if like is not None:
-        like = options_of(like)
-        inner = "detection_config" in like
-        cfg = dict(like["detection_config"] if inner else like, bits=bits, seed=seed)
-        return {"detection_config": cfg} if inner else cfg
-    from dataclasses import asdict
-
-    from .detection.train import DetectionConfig
-    return {"detection_config": asdict(DetectionConfig(model=model, recipe=recipe, bits=bits, seed=seed,
-                                                       preset=preset, table=table))}
+        return dict(options_of(like), bits=bits, seed=seed)
+    return RunConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=preset, table=table).to_dict()
 
 
 def finished_record(run_dir: Path) -> RunRecord | None:
@@ -187,7 +146,7 @@ def trained_otherwise(preset: str, table: str, model: str, recipe: str, bits: in
                       expected: dict | None = None) -> bool:
     """Whether this cell's own run finished with another training configuration than the launcher gives
     the cell now (`expected`, default: the cell's default config; a preset or default edited since it ran,
-    like MobileNetV1's QAT lr; for a detector, the DET_PRESETS budgets it recorded): it counts as finished,
+    like MobileNetV1's QAT lr, or its preset's budgets): it counts as finished,
     but its numbers are not what the table's code would train."""
     rec = finished_record(runs_root() / preset / run_name(table, model, recipe, bits, seed))
     expected = expected or default_config(preset, table, model, recipe, bits, seed)

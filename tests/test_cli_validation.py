@@ -67,7 +67,7 @@ def test_epochs_zero_writes_nothing(tmp_path):
 # -------------------------------------------------------------------------------- python -m qat.detection
 @pytest.mark.parametrize("argv, named", [
     (["--epochs", "0"], "--epochs: must be a positive integer, got '0'"),
-    (["--batch", "0"], "--batch: must be a positive integer, got '0'"),
+    (["--batch-size", "0"], "--batch-size: must be a positive integer, got '0'"),
     (["--imgsz", "0"], "--imgsz: must be a positive integer, got '0'"),
     (["--fraction", "0"], "--fraction: must be a number in (0, 1], got '0'"),
     (["--device", "cuda:0"], "--device: 'cuda:0' needs a CUDA GPU"),
@@ -98,16 +98,7 @@ def test_torch_detector_cli_refuses_bad_values(argv, named, no_gpu, capsys):
 # ----------------------------------------------------------------------------------------------- --help
 def parsers() -> dict[str, argparse.ArgumentParser]:
     from qat.cli import build_parser
-    from qat.detection.torch_train import TorchDetectionConfig
-    found = {"qat.train": build_parser(),
-             "qat.detection (SSD / YOLOX)": build_parser(TorchDetectionConfig)}
-    try:
-        import ultralytics  # noqa: F401
-    except ImportError:
-        return found
-    from qat.detection.train import DetectionConfig
-    found["qat.detection (YOLO)"] = build_parser(DetectionConfig)
-    return found
+    return {"qat.run": build_parser(), "qat.detection": build_parser(default_model="yolov8n")}
 
 
 def test_every_option_of_both_clis_has_help_and_shows_its_default():

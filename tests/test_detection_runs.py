@@ -1,4 +1,4 @@
-"""Whole detection runs through `train_detector`: FP → QAT with branching and post steps, W&B logging,
+"""Whole Ultralytics detection runs through the run lifecycle (`qat.run.lifecycle.run`): FP → QAT with branching and post steps, W&B logging,
 the paper preset on a tiny COCO-format set, and the CLI's one-line errors."""
 import json
 
@@ -7,7 +7,8 @@ import torch
 
 from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
 from qat.cli import main as run_main
-from qat.detection.train import DetectionConfig, train_detector
+from qat.config import RunConfig
+from qat.run.lifecycle import run
 
 pytest.importorskip("ultralytics")
 
@@ -23,9 +24,9 @@ def test_fp_then_ours_branching_from_scalegrad_with_afw_and_wandb(dirs):
     from qat.logging.run_reader import read_local_runs
 
     ds = build_fmnist_det(TINY, dirs / "data")
-    cfg = DetectionConfig(model="yolov8n", recipe="scalegrad+ead+afw", bits=4, preset="smoke", data=str(ds.yaml),
+    cfg = RunConfig(model="yolov8n", recipe="scalegrad+ead+afw", bits=4, preset="smoke", data=str(ds.yaml),
                           table="t", bias_correction=False)
-    result = train_detector(cfg)
+    result = run(cfg)
     # FP pretraining ran first and was cached; then the scalegrad parent up to τ; then ours from its τ checkpoint.
     assert list((dirs / "checkpoints" / "fp").glob("yolov8n-det-smoke-*.pt"))
     parent = dirs / "runs" / "smoke" / "t" / "yolov8n" / "scalegrad" / "w4a4" / "s0"
@@ -35,7 +36,7 @@ def test_fp_then_ours_branching_from_scalegrad_with_afw_and_wandb(dirs):
     assert 0.0 <= result["map"] <= 100.0
     run_dir = cfg.run_dir
     assert json.loads((run_dir / "result.json").read_text())["recipe"] == "scalegrad+ead+afw"
-    assert train_detector(cfg) == json.loads((run_dir / "result.json").read_text())  # finished: not rerun
+    assert run(cfg) == json.loads((run_dir / "result.json").read_text())  # finished: not rerun
     records = {r.name: r for r in read_local_runs(run_dir)}
     rec = records["t/yolov8n/scalegrad+ead+afw/w4a4/s0"]
     assert rec.finished and rec.summary["metric"] == rec.summary["map"] and rec.metric("val/metric")
@@ -48,10 +49,10 @@ def test_paper_preset_runs_two_iterations_on_a_tiny_coco_set(dirs):
     ds = build_fmnist_det(TINY, dirs / "coco")  # COCO JSON + Ultralytics layout, like a COCO subset
     fp = dirs / "fp.pt"
     torch.save({"model": build_detector("yolov8n", nc=10).state_dict()}, fp)
-    cfg = DetectionConfig(model="yolov8n", recipe="lsq", bits=4, preset="paper", data=str(ds.yaml),
-                          val_json=str(ds.coco_json("val")), fp_checkpoint=str(fp), imgsz=64, batch=4,
+    cfg = RunConfig(model="yolov8n", recipe="lsq", bits=4, preset="paper", data=str(ds.yaml),
+                          val_json=str(ds.coco_json("val")), fp_checkpoint=str(fp), imgsz=64, batch_size=4,
                           max_iterations=2, wandb=False, out=str(dirs / "paper_run"))
-    result = train_detector(cfg)
+    result = run(cfg)
     trained = torch.load(dirs / "paper_run" / "trained.pt", weights_only=False)
     assert trained["iteration"] == 2
     assert not (dirs / "paper_run" / "checkpoint.pt").exists()  # a finished run keeps no resume copy
@@ -65,7 +66,7 @@ def test_paper_preset_without_data_is_one_clear_error(dirs, capsys):
 
 
 def test_an_unfinished_run_needs_resume(dirs, capsys):
-    cfg = DetectionConfig(model="yolov8n", recipe="lsq", preset="smoke", out=str(dirs / "run"), wandb=False)
+    cfg = RunConfig(model="yolov8n", recipe="lsq", preset="smoke", out=str(dirs / "run"), wandb=False)
     (cfg.run_dir / "weights").mkdir(parents=True)
     (cfg.run_dir / "checkpoint.pt").write_bytes(b"")
     assert main(["--recipe", "lsq", "--preset", "smoke", "--out", str(cfg.run_dir), "--no-wandb"]) == 2
@@ -81,9 +82,10 @@ def test_bad_bits_is_one_clear_error(dirs, capsys):
 
 def test_a_cached_fp_detector_with_other_budgets_is_one_clear_error(dirs, capsys):
     from qat.config import detector_fp_cache
-    from qat.detection.train import DET_PRESETS, dataset_for
+    from qat.detection.train import dataset_for
+    from qat.presets import ULTRALYTICS as DET_PRESETS
     ds = build_fmnist_det(TINY, dirs / "data")
-    cfg = DetectionConfig(model="yolov8n", recipe="lsq", preset="smoke", data=str(ds.yaml), wandb=False)
+    cfg = RunConfig(model="yolov8n", recipe="lsq", preset="smoke", data=str(ds.yaml), wandb=False)
     cached = detector_fp_cache(cfg.model, cfg.preset, dataset_for(cfg)[2])
     cached.parent.mkdir(parents=True)
     stale = dict(DET_PRESETS["smoke"], fp_epochs=DET_PRESETS["smoke"]["fp_epochs"] + 1)

@@ -169,14 +169,15 @@ def test_ultralytics_detectors_export_their_raw_head_outputs(name, tmp_path, mon
 @pytest.mark.slow
 def test_a_finished_smoke_detector_run_exports_and_ort_agrees(dirs, monkeypatch, capsys):
     from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
-    from qat.detection.train import DetectionConfig, train_detector
+    from qat.config import RunConfig
+    from qat.run.lifecycle import run
     from qat.export.__main__ import main
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(dirs / "yolo"))
     ds = build_fmnist_det(FMNISTDetConfig(train_size=16, val_size=8, canvas=64, min_size=12, max_size=40, seed=2),
                           dirs / "data")
-    cfg = DetectionConfig(model="yolov8n", recipe="lsq", bits=3, preset="smoke", data=str(ds.yaml),
+    cfg = RunConfig(model="yolov8n", recipe="lsq", bits=3, preset="smoke", data=str(ds.yaml),
                           bias_correction=False, wandb=False, out=str(dirs / "run"))
-    train_detector(cfg)
+    run(cfg)
     assert main([str(cfg.run_dir), "--out", str(dirs / "export")]) == 0, capsys.readouterr().err
     report = json.loads((dirs / "export" / "export_report.json").read_text())
     check = report["check"]

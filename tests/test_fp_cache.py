@@ -2,7 +2,8 @@
 refused when the preset's FP budgets changed since it was trained."""
 import pytest
 
-from qat.config import PRESETS, RunConfig, check_fp_budgets
+from qat.config import RunConfig, check_fp_budgets
+from qat.presets import CLASSIFICATION as PRESETS
 from qat.train.classification import Trainer
 
 QAT = dict(recipe="lsq", bits=4, preset="smoke", epochs=2, wandb=False, cle=False, bias_correction=False)
@@ -46,6 +47,7 @@ def test_a_cached_fp_model_with_other_budgets_is_refused(fp_result, monkeypatch)
         Trainer(RunConfig(**QAT, table="c")).run()
 
 
-def test_fp_budget_check_passes_equal_and_unrecorded_budgets():
-    check_fp_budgets("x.pt", None, "proxy", PRESETS["proxy"])
+def test_fp_budget_check_passes_equal_budgets_and_refuses_unrecorded_ones():
     check_fp_budgets("x.pt", dict(PRESETS["proxy"], qat_epochs=99), "proxy", PRESETS["proxy"])  # not an FP budget
+    with pytest.raises(ValueError, match="records no preset budgets"):  # written by older code
+        check_fp_budgets("x.pt", None, "proxy", PRESETS["proxy"])

@@ -74,3 +74,19 @@ def test_a_method_is_one_registration_whose_entry_owns_its_settings_hooks_and_ke
     assert get_recipe("ours") is get_recipe("scalegrad+ead+afw")
     assert get_recipe("scalegrad").quantizer(MethodConfig(pulse_delta=0.2, dist_k=3.0)) == \
         {"per_channel": False, "pulse_delta": 0.2, "dist_k": 3.0}
+
+
+def test_one_config_class_and_one_cli_for_every_task(capsys):
+    from qat.cli import parse_config
+    from qat.presets import PRESETS
+    for model, task, cle, workers in [("mobilenetv2", "classification", True, 8), ("yolox_nano", "detection", False, 0),
+                                      ("yolov8n", "ultralytics", False, 0)]:
+        cfg = parse_config(["--model", model, "--batch-size", "4"])
+        assert type(cfg) is RunConfig and cfg.task == task and cfg.presets is PRESETS[task]
+        assert (cfg.cle, cfg.workers, cfg.batch_size) == (cle, workers, 4) and "batch_size" in cfg.to_dict()["preset_values"]
+    assert all("batch_size" in budgets and "batch" not in budgets for table in PRESETS.values() for budgets in table.values())
+    with pytest.raises(SystemExit) as e:  # an option the model's task does not read is refused, not ignored
+        parse_config(["--model", "mobilenetv2", "--fraction", "0.5"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --fraction applies to ultralytics")

@@ -108,14 +108,17 @@ def test_detection_runs_keep_the_same_rules(dirs):
     import fcntl
     import os
 
-    from qat.detection.train import DetectionConfig, logged_config, train_detector
+    from dataclasses import replace
+
+    from qat.config import RunConfig
+    from qat.detection.train import train_detector
     from qat.run_dir import RunBusy
-    cfg = DetectionConfig(model="yolov8n", recipe="lsq", preset="smoke", table="det")
+    cfg = RunConfig(model="yolov8n", recipe="lsq", preset="smoke", table="det")
     cfg.run_dir.mkdir(parents=True)
-    (cfg.run_dir / "config.json").write_text(json.dumps(logged_config(cfg)))
+    (cfg.run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
     (cfg.run_dir / "result.json").write_text("{}")
     with pytest.raises(ValueError, match=r"lr=None \(now 0.05\)"):
-        train_detector(cfg, lr=0.05)
+        train_detector(replace(cfg, lr=0.05))
     fd = os.open(cfg.run_dir / ".lock", os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:

@@ -8,10 +8,10 @@ Runs under $QAT_RUNS/smoke/ (→ what Table II must show for it):
 - table3 and table5 mobilenetv2 ours W4 s0, both identical → the first other table by name (table3) fills it
 - table5 mobilenetv2 ours W3 (methods.afw_lr changed), damp W4 (epochs set) → not reused: missing
 - table5 mobilenetv2 redyolo W4, identical but crashed (no result.json) → missing
-- table5 yolov8n lsq W4 with the default DetectionConfig → borrowed; W3 with epochs set → missing
+- table5 yolov8n lsq W4 with the default RunConfig → borrowed; W3 with epochs set → missing
 - table2 yolov9t lsq W4 with epochs=3 (own run), table5 yolov9t lsq W3 with epochs=3 → borrowed (compared
   with the options of Table II's own yolov9t lsq run, not the defaults)
-- table5 yolov8n perchannel W4, identical but recorded other DET_PRESETS budgets than today's → missing
+- table5 yolov8n perchannel W4, identical but recorded other preset budgets than today's → missing
 """
 from __future__ import annotations
 
@@ -44,22 +44,22 @@ def cls_config(table, model, recipe, bits, seed, **changes) -> dict:
 
 
 def det_config(table, model, recipe, bits, seed, stale_budgets=False, **changes) -> dict:
-    """What `python -m qat.detection` logs; `stale_budgets`: DET_PRESETS budgets other than today's recorded."""
-    from qat.detection.train import DET_PRESETS, DetectionConfig
-    c = dataclasses.asdict(DetectionConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET,
-                                           table=table, resume=True, **changes))
+    """What `python -m qat.run` logs for an Ultralytics detector (its trainer's derived settings beside the
+    options); `stale_budgets`: preset budgets other than today's recorded."""
+    config = RunConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET, table=table, resume=True,
+                       **changes).to_dict()
     run = {"recipe": recipe, "bits": bits, "name": f"{table}/{model}", "group": table,
-           "init_from": ["tau", f"/runs/{table}/parent/qat_tau.pt"], "val_json": f"/runs/{table}/val.json"}
-    config = {"detection_config": c, "detection_run": run, "ultralytics_args": {"save_dir": f"/runs/{table}/x"}}
+           "init_from": ["tau", f"/runs/{table}/parent/checkpoint_tau.pt"], "val_json": f"/runs/{table}/val.json"}
+    config.update(detection_run=run, ultralytics_args={"save_dir": f"/runs/{table}/x"})
     if stale_budgets:
-        config["preset_values"] = dict(DET_PRESETS[PRESET], qat_epochs=DET_PRESETS[PRESET]["qat_epochs"] + 1)
+        config["preset_values"] = dict(config["preset_values"], qat_epochs=config["preset_values"]["qat_epochs"] + 1)
     return config
 
 
 def logged(options: dict, table, model, recipe, bits, seed) -> dict:
     """The W&B config of a run with these options (qat/logging/schema.py): flat keys, the options under `options`."""
     from qat.logging.schema import LoggedConfig
-    detection = "detection_config" in options
+    detection = "detection_run" in options
     return dataclasses.asdict(LoggedConfig(
         table=table, model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET,
         task="detection" if detection else "classification", metric="map" if detection else "top1", lr=0.01,
@@ -148,7 +148,7 @@ def test_identity_ignores_naming_and_hardware_only():
     assert {"table", "device", "git_commit", "save_dir"} <= IGNORED_KEYS
 
 
-def test_detection_identity_is_the_detection_config():
+def test_detection_identity_leaves_out_the_trainers_derived_paths():
     a, b = det_config("table5", "yolov8n", "lsq", 4, 0), det_config("table2", "yolov8n", "lsq", 4, 0)
     assert a["detection_run"] != b["detection_run"]  # paths into each table's own tree
     assert training_identity(a) == training_identity(b)
@@ -188,17 +188,14 @@ def test_find_identical_run(env):
     assert find("table2", "yolov8n", "lsq", 4, 0, expected_config=det_config("table2", "yolov8n", "lsq", 4, 0)) == \
         run_dir(root, "table5", "yolov8n", "lsq", 4, 0)
     assert find("table2", "yolov8n", "lsq", 3, 0, expected_config=det_config("table2", "yolov8n", "lsq", 3, 0)) is None
-    # trained with other DET_PRESETS budgets than today's (recorded in preset_values): not reused
+    # trained with other preset budgets than today's (recorded in preset_values): not reused
     assert find("table2", "yolov8n", "perchannel", 4, 0, None) is None
 
 
-def test_detection_budgets_are_checked_where_recorded(env):
-    from qat.detection.train import DET_PRESETS
-    from qat.run_reuse import budgets_as_now, trained_otherwise
+def test_runs_trained_with_other_preset_budgets_are_trained_otherwise(env):
+    from qat.run_reuse import trains_as, trained_otherwise
     current = det_config("table5", "yolov8n", "lsq", 4, 0)
-    assert budgets_as_now(current)  # nothing recorded: counts as current
-    assert budgets_as_now(dict(current, preset_values=json.loads(json.dumps(DET_PRESETS[PRESET]))))
-    assert not budgets_as_now(det_config("table5", "yolov8n", "lsq", 4, 0, stale_budgets=True))
+    assert not trains_as(det_config("table5", "yolov8n", "lsq", 4, 0, stale_budgets=True), current)
     assert trained_otherwise(PRESET, "table5", "yolov8n", "perchannel", 4, 0)
     assert not trained_otherwise(PRESET, "table5", "yolov8n", "lsq", 4, 0)
 
@@ -227,7 +224,7 @@ def test_table2_fills_cells_from_identical_runs(env, tmp_path, how):
     assert cells[("MobileNetV2", "FP")] == "88.00 (n=1)"
     assert cells[("YOLOv8-n", "LSQ 4a4w")] == "28.50 (n=1)" and cells[("YOLOv8-n", "LSQ 3a3w")] == "missing"
     assert cells[("YOLOv9-t", "LSQ 4a4w")] == "20.00 (n=1)" and cells[("YOLOv9-t", "LSQ 3a3w")] == "15.00 (n=1)"
-    assert cells[("YOLOv8-n", "PerChannel 4a4w")] == "missing"  # other DET_PRESETS budgets
+    assert cells[("YOLOv8-n", "PerChannel 4a4w")] == "missing"  # other preset budgets
     assert "- Cells reused from identical runs of other tables: table3 (1 run), table5 (3 runs)\n" in md
 
 

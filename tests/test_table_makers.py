@@ -294,13 +294,12 @@ for recipe in ("lsq", "scalegrad+ead+afw"):
     lg.finish()
 # YOLOv8-n's LSQ run exists only in Table I, with the configuration Table V would give it: the launcher reuses
 # it, and so must the figure.
-from dataclasses import asdict
-from qat.detection.train import DetectionConfig
+from qat.config import RunConfig
 name = "table1/yolov8n/lsq/w4a4/s0"
-det = asdict(DetectionConfig(model="yolov8n", recipe="lsq", bits=4, seed=0, preset=root.name, table="table1"))
+det = RunConfig(model="yolov8n", recipe="lsq", bits=4, seed=0, preset=root.name, table="table1").to_dict()
 lg = RunLogger(root / name, name=name, group="table1", tags=run_tags("yolov8n", "lsq", 4),
                config={{"table": "table1", "model": "yolov8n", "recipe": "lsq", "bits": 4, "seed": 0,
-                        "preset": root.name, "options": {{"detection_config": det}}}})
+                        "preset": root.name, "options": det}})
 lg.log(fake_record(), step=100)
 lg.summary({{"map": 20.0}})
 lg.finish()

@@ -100,10 +100,11 @@ def test_batches_are_deterministic_and_shard_by_rank(tiny):
 
 
 def test_yolox_fp_then_ours_runs_hooks_and_post_steps_and_logs_map(tiny, dirs):
-    from qat.detection.torch_train import TorchDetectionConfig, TorchDetectionTrainer
+    from qat.config import RunConfig
+    from qat.detection.torch_train import TorchDetectionTrainer
     from qat.logging.run_reader import read_local_runs
 
-    cfg = TorchDetectionConfig(model="yolox_nano", recipe="scalegrad+ead+afw", bits=4, preset="smoke", table="t",
+    cfg = RunConfig(model="yolox_nano", recipe="scalegrad+ead+afw", bits=4, preset="smoke", table="t",
                                data=str(tiny.root), epochs=3, imgsz=64)
     result = TorchDetectionTrainer(cfg).run()
     assert list((dirs / "checkpoints" / "fp").glob("yolox_nano-det-smoke-*.pt"))  # FP trained first and cached
@@ -116,9 +117,10 @@ def test_yolox_fp_then_ours_runs_hooks_and_post_steps_and_logs_map(tiny, dirs):
 
 
 def test_ssd_lsq_smoke_run_reports_map(tiny, dirs):
-    from qat.detection.torch_train import TorchDetectionConfig, TorchDetectionTrainer
+    from qat.config import RunConfig
+    from qat.detection.torch_train import TorchDetectionTrainer
 
-    cfg = TorchDetectionConfig(model="ssd_mobilenetv2", recipe="lsq", bits=4, preset="smoke", table="t",
+    cfg = RunConfig(model="ssd_mobilenetv2", recipe="lsq", bits=4, preset="smoke", table="t",
                                data=str(tiny.root), epochs=1, imgsz=64, wandb=False)
     result = TorchDetectionTrainer(cfg).run()
     assert result["recipe"] == "lsq" and 0.0 <= result["map"] <= 100.0 and "init_map" in result

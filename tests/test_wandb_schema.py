@@ -44,16 +44,18 @@ def detector_records(tmp_path, monkeypatch) -> dict:
     """FP (1 epoch) then LSQ W4A4 (2 epochs) YOLOv8-n on a tiny FMNIST-Det, QAT validating only after its last
     epoch (as the proxy preset does)."""
     from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
-    from qat.detection.train import DET_PRESETS, DetectionConfig, train_detector
+    from qat.config import RunConfig
+    from qat.presets import ULTRALYTICS
+    from qat.run.lifecycle import run
 
     monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setitem(DET_PRESETS["smoke"], "val_every_epoch", False)
+    monkeypatch.setitem(ULTRALYTICS["smoke"], "val_every_epoch", False)
     data = build_fmnist_det(FMNISTDetConfig(train_size=16, val_size=8, canvas=64, min_size=12, max_size=40, seed=3),
                             tmp_path / "data")
-    train_detector(DetectionConfig(model="yolov8n", recipe="lsq", bits=4, preset="smoke", data=str(data.yaml),
-                                   table="schema", epochs=2, bias_correction=False))
+    run(RunConfig(model="yolov8n", recipe="lsq", bits=4, preset="smoke", data=str(data.yaml), table="schema",
+                  epochs=2, bias_correction=False))
     return {r.name: r for r in read_local_runs(tmp_path / "runs" / "smoke")}
 
 

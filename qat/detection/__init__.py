@@ -20,6 +20,3 @@ _os.environ.setdefault("YOLO_CONFIG_DIR", str(_Path(_os.environ.get("QAT_STATE",
 _os.environ.setdefault("YOLO_OFFLINE", "1")
 _os.environ.setdefault("YOLO_AUTOINSTALL", "false")
 
-# Ultralytics detector name -> model yaml (scale letter picked from the file name).
-ULTRALYTICS_DETECTORS = {"yolov8n": "yolov8n.yaml", "yolov8s": "yolov8s.yaml", "yolov8m": "yolov8m.yaml",
-                         "yolov9t": "yolov9t.yaml", "yolov9s": "yolov9s.yaml"}

@@ -1,4 +1,4 @@
-"""SSD-MobileNetV2 and YOLOX through the classification training loop (`python -m qat.detection --model yolox_nano`).
+"""SSD-MobileNetV2 and YOLOX through the classification training loop (`python -m qat.run --model yolox_nano`).
 
 The loop, resume, branching, DDP, W&B logging, the prologue and every recipe's hooks and post steps are
 the classification Trainer's (qat/train/classification.py); this subclass swaps the task: COCO-format
@@ -11,53 +11,14 @@ plus `--fp-checkpoint`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar
-
 import torch
 from torch import nn
 
-from ..config import RunConfig, detector_fp_cache, path_digest
+from ..config import detector_fp_cache, path_digest
 from ..data.detection import detection_data, layout
 from ..train.classification import Trainer, bare
 from .coco_eval import coco_map
-from .torch_detectors import TORCH_DETECTORS, build_torch_detector
-
-_COMMON = dict(val_every_epoch=False, model_size=None, train_subset=None, test_subset=None, fp_train_subset=None,
-               lr_step_fraction=0.4, bias_correction_batches=4)
-TORCH_DET_PRESETS: dict[str, dict] = {
-    # Seconds on a CPU: proves every path runs (tests, CI).
-    "smoke": dict(_COMMON, val_every_epoch=True, dataset="fmnist-det", fmnist_det="smoke", imgsz=64, batch_size=8,
-                  fp_epochs=1, fp_lr=0.01, qat_epochs=2, qat_lr=1e-3, calib_batches=2, afw_epochs=0.5, qc_epochs=0.5,
-                  adaround_iterations=10, step_only_epochs=0.5, lr_step_fraction=0.5),
-    # The Ultralytics detectors' 30-minute budget: FMNIST-Det "small" (96 px), FP 3 epochs, QAT 130 iterations
-    # (5 epochs of 416 images), bias correction on 2 batches.
-    "proxy": dict(_COMMON, dataset="fmnist-det", fmnist_det="small", imgsz=96, batch_size=16, fp_epochs=3,
-                  fp_lr=0.01, qat_epochs=5, train_subset=416, qat_lr=1e-3, calib_batches=8, afw_epochs=0.5,
-                  qc_epochs=1, adaround_iterations=100, step_only_epochs=1, bias_correction_batches=2),
-    # FMNIST-Det proxy (4000 train / 500 val images, 128 px), the Ultralytics detectors' proxy-long budget.
-    "proxy-long": dict(_COMMON, dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch_size=16, fp_epochs=4,
-                  fp_lr=0.01, qat_epochs=5, qat_lr=1e-3, calib_batches=16, afw_epochs=0.5, qc_epochs=1,
-                  adaround_iterations=300, step_only_epochs=1),
-    "proxy-gpu": dict(_COMMON, val_every_epoch=True, dataset="fmnist-det", fmnist_det="proxy", imgsz=128,
-                      batch_size=64, fp_epochs=100, fp_lr=0.02, qat_epochs=30, qat_lr=1e-3, calib_batches=32,
-                      afw_epochs=3, qc_epochs=1, adaround_iterations=2000, step_only_epochs=2),
-    # The paper (§V): COCO 2017, SGD lr 1e-3, 80 ScaleGrad + 20 EAD epochs, 10 AFW; FP weights from a checkpoint.
-    "paper": dict(_COMMON, val_every_epoch=True, dataset="coco", fmnist_det=None, imgsz=640, batch_size=64,
-                  fp_epochs=None, fp_lr=None, qat_epochs=100, qat_lr=1e-3, calib_batches=32, afw_epochs=10,
-                  qc_epochs=1, adaround_iterations=10000, step_only_epochs=1),
-}
-
-
-@dataclass
-class TorchDetectionConfig(RunConfig):
-    model: str = "yolox_nano"
-    cle: bool = False                    # off like the YOLO detectors (YOLOX has SiLU); SSD may turn it on
-    imgsz: int | None = None             # overrides the preset's square input size (SSD paper layout from 161 px)
-    workers: int = 0                     # data-loader processes (raise it for COCO)
-    presets: ClassVar[dict[str, dict]] = TORCH_DET_PRESETS
-    task: ClassVar[str] = "detection"
+from .torch_detectors import build_torch_detector
 
 
 class TorchDetectionTrainer(Trainer):

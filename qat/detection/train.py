@@ -13,102 +13,27 @@ the lifecycle's checkpoints, Ultralytics' files (results.csv), the W&B run, `con
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
-from ..config import PresetRun, detector_fp_cache, path_digest
+from ..config import ULTRALYTICS_DETECTORS, RunConfig, detector_fp_cache, path_digest
 from ..prepare.pipeline import PrologueOptions
-from ..recipes import MethodConfig, get_recipe
+from ..recipes import get_recipe
 from ..run.lifecycle import CHECKPOINT, fp_weights, post_step_methods, start_point
 from ..run_dir import claim, finished_result
-from . import ULTRALYTICS_DETECTORS
 from ..train import checkpoint
 
-# Budgets per preset. The data set of the FMNIST-Det presets is the FMNIST-Det preset of the same name.
-DET_PRESETS: dict[str, dict] = {
-    # Seconds to minutes on a CPU: proves every path runs (tests, CI).
-    "smoke": dict(dataset="fmnist-det", fmnist_det="smoke", imgsz=64, batch=8, fp_epochs=1, fp_lr=0.01, fp_warmup_epochs=0,
-                  qat_epochs=2, qat_lr=1e-3, calib_batches=2, afw_epochs=0.5, qc_epochs=0.5,
-                  adaround_iterations=10, step_only_epochs=0.5, close_mosaic=0, fraction=1.0, val_every_epoch=True,
-                  bias_correction_batches=4),
-    # One seed of a table in about 30 minutes of a 2-core CPU: FMNIST-Det "small" (3000 train / 250 val, 96 px),
-    # FP 3 epochs, QAT 130 iterations (5 epochs of 416 training images), bias correction on 2 batches, mAP after
-    # the last epoch only.
-    "proxy": dict(dataset="fmnist-det", fmnist_det="small", imgsz=96, batch=16, fp_epochs=3, fp_lr=0.01, fp_warmup_epochs=1,
-                  qat_epochs=5, fraction=416 / 3000, val_every_epoch=False, qat_lr=1e-3, calib_batches=8, afw_epochs=0.5,
-                  qc_epochs=1, adaround_iterations=100, step_only_epochs=1, close_mosaic=1, bias_correction_batches=2),
-    # FMNIST-Det proxy (4000 train / 500 val images, 128 px): the first committed results; hours per table.
-    "proxy-long": dict(dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch=16, fp_epochs=4, fp_lr=0.01, fp_warmup_epochs=1,
-                       qat_epochs=5, fraction=1.0, val_every_epoch=True, qat_lr=1e-3, calib_batches=16, afw_epochs=0.5,
-                       qc_epochs=1, adaround_iterations=300, step_only_epochs=1, close_mosaic=2, bias_correction_batches=4),
-    # The same data with the budgets one GPU affords.
-    "proxy-gpu": dict(dataset="fmnist-det", fmnist_det="proxy", imgsz=128, batch=64, fp_epochs=100, fp_lr=0.01, fp_warmup_epochs=3,
-                      qat_epochs=30, fraction=1.0, val_every_epoch=True, qat_lr=1e-3, calib_batches=32, afw_epochs=3, qc_epochs=1,
-                      adaround_iterations=2000, step_only_epochs=2, close_mosaic=5, bias_correction_batches=4),
-    # The paper (§V): COCO 2017, SGD lr 1e-3 momentum 0.9 wd 1e-5, 80 ScaleGrad + 20 EAD epochs + 10 AFW;
-    # FP weights from a local checkpoint (ours or an Ultralytics .pt).
-    "paper": dict(dataset="coco", fmnist_det=None, imgsz=640, batch=64, fp_epochs=None, fp_lr=None, fp_warmup_epochs=3,
-                  qat_epochs=100, fraction=1.0, val_every_epoch=True, qat_lr=1e-3, calib_batches=32, afw_epochs=10, qc_epochs=1,
-                  adaround_iterations=10000, step_only_epochs=1, close_mosaic=10, bias_correction_batches=4),
-}
-
-
-@dataclasses.dataclass
-class DetectionConfig(PresetRun):
-    model: str = "yolov8n"
-    recipe: str = "lsq"                  # or "fp" for FP pretraining
-    bits: int = 4
-    seed: int = 0
-    preset: str = "proxy"
-    table: str = "adhoc"
-    data: str | None = None              # Ultralytics data yaml (paper preset); FMNIST-Det otherwise
-    val_json: str | None = None          # COCO ground truth of the val split (default: the yaml's val_json)
-    fp_checkpoint: str | None = None
-    out: str | None = None               # run directory; default runs/{preset}/{run name}
-    resume: bool = False                 # continue an unfinished run from its last checkpoint
-    device: str = "auto"                 # "auto", "cpu", or an Ultralytics device string ("0", "0,1")
-    wandb: bool = True
-    quantize_first_last: bool = False
-    first_last_bits: int = 8
-    cle: bool = False                    # CLE needs ReLU-like activations; YOLO has SiLU
-    bias_correction: bool = True
-    epochs: int | None = None
-    lr: float | None = None
-    batch: int | None = None
-    imgsz: int | None = None
-    fraction: float | None = None        # share of the training images used per QAT epoch (default: the preset's)
-    weight_decay: float = 1e-5
-    momentum: float = 0.9
-    ead_fraction: float = 0.2
-    max_iterations: int | None = None
-    fig1_iterations: int = 200
-    workers: int = 0
-    methods: MethodConfig = dataclasses.field(default_factory=MethodConfig)
-    presets: ClassVar[dict[str, dict]] = DET_PRESETS
-    task: ClassVar[str] = "ultralytics"
-
-    def to_dict(self) -> dict:
-        return logged_config(self)
-
-
-def validate_config(c: DetectionConfig) -> None:
-    if c.model not in ULTRALYTICS_DETECTORS:
-        raise ValueError(f"unknown detector {c.model!r}; choose from: {', '.join(ULTRALYTICS_DETECTORS)}")
-    if c.preset not in DET_PRESETS:
-        raise ValueError(f"unknown preset {c.preset!r}; choose from: {', '.join(DET_PRESETS)}")
+def validate_config(c: RunConfig) -> None:
     if not c.is_fp:
         get_recipe(c.recipe)
         if not isinstance(c.bits, int) or not 2 <= c.bits <= 8:
             raise ValueError(f"bits must be an integer between 2 and 8, got {c.bits!r}")
 
 
-def dataset_for(c: DetectionConfig) -> tuple[str, str | None, str]:
+def dataset_for(c: RunConfig) -> tuple[str, str | None, str]:
     """(data yaml, val COCO json, short digest of the data) of a run."""
     if c.data:
         if not Path(c.data).is_file():
@@ -129,26 +54,20 @@ def dataset_for(c: DetectionConfig) -> tuple[str, str | None, str]:
     return str(ds.yaml), c.val_json or str(ds.coco_json("val")), ds.config.digest()[:8]
 
 
-def train_detector(cfg: DetectionConfig | None = None, **kwargs) -> dict:
-    """Run one detection run (FP pretraining or QAT with a recipe) and return its result dict.
+def train_detector(cfg: RunConfig) -> dict:
+    """Run one Ultralytics detection run (FP pretraining or QAT with a recipe) and return its result dict
+    (`qat.run.lifecycle.run` calls it for an Ultralytics detector's RunConfig).
 
-    Example: `train_detector(model="yolov8n", recipe="scalegrad+ead+afw", bits=4, preset="proxy")`.
     Results are in % (`map` = mAP@[.5:.95], `map50`), with `fp_map` (FP model), `fp_map_prologue`
     (after the BN fold), `init_map` (after quantizer init) and `map_trained` (before post steps).
     """
-    c = replace(cfg, **kwargs) if cfg is not None else DetectionConfig(**kwargs)
     torch.set_flush_denormal(True)  # as in classification: denormals slow CPU backward ~10×
-    validate_config(c)
-    with claim(c.run_dir, logged_config(c)):
-        return _train(c)
+    validate_config(cfg)
+    with claim(cfg.run_dir, cfg.to_dict()):
+        return _train(cfg)
 
 
-def logged_config(c: DetectionConfig) -> dict:
-    """The run's configuration as logged to W&B and recorded in its directory."""
-    return {"detection_config": _jsonable(dataclasses.asdict(c)), "preset_values": dict(DET_PRESETS[c.preset])}
-
-
-def _train(c: DetectionConfig) -> dict:
+def _train(c: RunConfig) -> dict:
     done = c.run_dir / "result.json"
     result = finished_result(c.run_dir)
     if result is not None:
@@ -158,7 +77,7 @@ def _train(c: DetectionConfig) -> dict:
     init_from = None
     fp_ckpt = c.fp_checkpoint
     if not c.is_fp:
-        start = start_point(c, logged_config)  # trains a missing parent first
+        start = start_point(c)  # trains a missing parent first
         if start.path is not None:  # a killed run (from its last epoch, or its trained model), or a branch
             init_from = ("end" if start.trained else "resume" if start.kind == "resume" else "tau", str(start.path))
         if init_from is None or fp_ckpt is not None:  # (a branch or resumed run brings its weights)
@@ -182,10 +101,10 @@ def _train(c: DetectionConfig) -> dict:
         val_json=val_json, ead_fraction=c.ead_fraction, max_iterations=c.max_iterations,
         fig1_iterations=c.fig1_iterations, wandb=c.wandb, name=c.run_name, group=c.table, preset=c.preset,
         tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
-        config=logged_config(c))
+        config=c.to_dict())
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
     overrides = dict(model=ULTRALYTICS_DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
-                     batch=c.batch or p("batch"), lr0=c.training_lr, seed=c.seed, device=c.device,
+                     batch=c.batch_size or p("batch_size"), lr0=c.training_lr, seed=c.seed, device=c.device,
                      workers=c.workers, project=str(c.run_dir.parent), name=c.run_dir.name, exist_ok=True,
                      close_mosaic=p("close_mosaic"), deterministic=True)
     if c.is_fp:  # Ultralytics' own recipe (optimizer "auto", its weight decay), a shorter warm-up, all images
@@ -207,7 +126,3 @@ def _train(c: DetectionConfig) -> dict:
     done.write_text(json.dumps(result, indent=1))
     checkpoint.drop_resume_checkpoint(c.run_dir / CHECKPOINT)
     return result
-
-
-def _jsonable(d):
-    return json.loads(json.dumps(d, default=str))

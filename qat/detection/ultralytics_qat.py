@@ -48,6 +48,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils import nms, ops
 from ultralytics.utils.torch_utils import unwrap_model
 
+from ..config import ULTRALYTICS_DETECTORS
 from ..hooks import TrainState
 from ..loop import qat_step
 from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
@@ -56,7 +57,6 @@ from ..logging.fig1_traces import Fig1TraceHook
 from ..prepare.pipeline import PrologueOptions, float_prologue, quantize_prologue
 from ..recipes import MethodConfig, get_recipe, make_hooks, make_post_steps
 from ..run.lifecycle import CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, tau_epoch
-from . import ULTRALYTICS_DETECTORS
 from .coco_eval import coco_map, load_coco
 
 DETECTORS = ULTRALYTICS_DETECTORS

@@ -43,11 +43,11 @@ def recorded_config(run_dir: Path) -> dict:
     if not config.is_file():
         raise ExportError(f"{run_dir} is not a run directory (no config.json)")
     recorded = json.loads(config.read_text())
-    model = recorded.get("detection_config", recorded).get("model")
+    model = recorded.get("model")
     if model not in model_names() and model not in DETECTORS:
         raise ExportError(f"{run_dir} is a run of {model!r}; the exporter handles the registry classifiers "
                           f"({', '.join(model_names())}) and the Ultralytics detectors ({', '.join(DETECTORS)})")
-    if recorded.get("detection_config", recorded).get("recipe") == "fp":
+    if recorded.get("recipe") == "fp":
         raise ExportError(f"{run_dir} is an FP run: only QAT runs have integer weights to export")
     return recorded
 
@@ -86,7 +86,7 @@ def export_run(run_dir: Path, out: Path, test_batches: int | None = None) -> dic
     recorded = recorded_config(run_dir)
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    if "detection_config" in recorded:
+    if recorded["model"] in DETECTORS:
         result = export_detector(run_dir, recorded, out)
     else:
         result = export_classifier(run_dir, recorded, out, test_batches)

@@ -62,7 +62,7 @@ def load_detector_run(run_dir, recorded: dict):
     (Ultralytics letterboxes these square canvases to the same square), RGB in [0, 1].
     """
     run_dir = Path(run_dir)
-    c, preset = recorded["detection_config"], recorded.get("preset_values", {})
+    c, preset = recorded, recorded.get("preset_values", {})
     final, trained = run_dir / FINAL, run_dir / TRAINED
     for path in (final, run_dir / "result.json"):
         if not path.is_file():

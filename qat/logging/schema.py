@@ -49,7 +49,7 @@ class LoggedConfig:
     iterations: int              # optimizer steps of training (before post steps)
     batch_size: int
     methods: dict                # qat.recipes.MethodConfig as a dict
-    options: dict                # the task's full options (RunConfig.to_dict(); detection: detection_config, ...)
+    options: dict                # the task's full options (RunConfig.to_dict(); Ultralytics: + its trainer's)
 
 
 CONFIG_KEYS = frozenset(f for f in LoggedConfig.__dataclass_fields__) | {"git_commit"}
