@@ -14,8 +14,8 @@ from qat.run import lifecycle
 
 def test_tau_is_the_start_of_the_last_ead_fraction_of_the_epochs():
     assert lifecycle.tau_epoch(100, 0.2) == 80 and lifecycle.tau_epoch(5, 0.2) == 4
-    assert lifecycle.tau_epoch(2, 0.2, keep_one_ead_epoch=True) == 1
-    assert lifecycle.tau_epoch(1, 0.2, keep_one_ead_epoch=True) == 1 and lifecycle.tau_epoch(2, 0.0, True) == 2
+    assert lifecycle.tau_epoch(2, 0.2) == 1  # one EAD epoch for every task (classifiers had none: round(1.6) = 2)
+    assert lifecycle.tau_epoch(1, 0.2) == 1 and lifecycle.tau_epoch(2, 0.0) == 2
 
 
 def test_a_run_starts_fresh_resumed_or_branched_from_its_parent_trained_first(tmp_path, monkeypatch):

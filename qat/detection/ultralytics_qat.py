@@ -157,7 +157,7 @@ class DetectionRun:
     init_from: tuple[str, str] | None = None
     save_fp_to: str | None = None           # FP pretraining: where to write the FP32 checkpoint
     val_json: str | None = None             # COCO ground truth of the val split (default: data yaml's val_json)
-    ead_fraction: float = 0.2               # τ = round((1 − ead_fraction)·epochs) epochs (paper: 80 of 100)
+    ead_fraction: float = 0.2               # τ: qat/run/lifecycle.py tau_epoch (paper: 80 of 100 epochs)
     eval_fp: bool = True                    # evaluate the FP model before/after the BN fold (tables report it)
     max_iterations: int | None = None       # stop after this many optimizer steps (tests, paper smoke)
     fig1_iterations: int = 200              # log Fig. 1 traces over the last N iterations
@@ -335,7 +335,7 @@ class QATDetectionTrainer(DetectionTrainer):
         self.ema = _NoEMA(model)  # Ultralytics' ModelEMA off for QAT (see the module docstring)
         batches = math.ceil(len(self.train_loader) / self.accumulate)
         total = self.epochs * batches
-        self.tau_epoch = tau_epoch(self.epochs, run.ead_fraction, keep_one_ead_epoch=True)
+        self.tau_epoch = tau_epoch(self.epochs, run.ead_fraction)
         tau = self.tau_epoch * batches
         self.hooks = make_hooks(get_recipe(run.recipe), run.bits, tau, run.methods) + [Fig1TraceHook(run.fig1_iterations)]
         self.post_steps = make_post_steps(get_recipe(run.recipe), run.methods)

@@ -56,13 +56,12 @@ def run(cfg) -> dict:
     return trainer(cfg).run()
 
 
-def tau_epoch(epochs: int, ead_fraction: float, keep_one_ead_epoch: bool = False) -> int:
-    """τ in epochs: the ScaleGrad phase is the first (1 - ead_fraction) of the QAT epochs (paper: 80 of 100);
-    `keep_one_ead_epoch` (Ultralytics detectors): τ before the last epoch when there is an EAD phase at all."""
+def tau_epoch(epochs: int, ead_fraction: float) -> int:
+    """τ in epochs: the ScaleGrad phase is the first (1 - ead_fraction) of the QAT epochs, rounded (paper: 80 of
+    100), and ends before the last epoch when there is an EAD phase at all, so a short run (2 epochs: round(1.6)
+    = 2) still has one EAD epoch."""
     tau = round((1 - ead_fraction) * epochs)
-    if keep_one_ead_epoch and epochs > 1 and ead_fraction > 0:
-        tau = min(tau, epochs - 1)
-    return tau
+    return min(tau, epochs - 1) if epochs > 1 and ead_fraction > 0 else tau
 
 
 def start_point(cfg, logged=lambda c: c.to_dict(), barrier=lambda: None, announce=print) -> Start:
