@@ -8,7 +8,7 @@ the cell from the other table's run.
 
 The rule (`training_identity`): a run's `options` (W&B config; its recorded config.json is the same dict) minus
 the keys in IGNORED_KEYS (naming, output, resuming, hardware, logging, code version, and the Ultralytics
-trainer's derived `detection_run` / `ultralytics_args`, which hold paths into the run's own directory), removed
+trainer's derived `ultralytics_args`, which hold paths into the run's own directory), removed
 at every nesting level; integral floats count as ints (2000.0 = 2000). The preset's budgets (`preset_values`)
 count: a run trained with budgets since edited is another experiment. User-given paths (`data`,
 `fp_checkpoint`, `val_json`) stay in the identity: other weights or data are another experiment.
@@ -29,7 +29,7 @@ from .logging.run_reader import RunRecord, read_local_runs
 from .logging.schema import OPTIONS_KEY
 
 IGNORED_KEYS = frozenset({"table", "out", "resume", "device", "wandb", "workers", "log_every", "git_commit",
-                          "name", "group", "tags", "project", "save_dir", "detection_run", "ultralytics_args"})
+                          "name", "group", "tags", "project", "save_dir", "ultralytics_args"})
 SKIPPED_DIRS = frozenset({"logs", FP_TABLE})  # under runs/<preset>/: not tables of QAT runs
 
 

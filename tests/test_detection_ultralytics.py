@@ -8,16 +8,20 @@ from torch import nn
 from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
 from qat.modules import QuantConv2d, convert, quant_layers
 from qat.prepare.bn_fold import fold_batchnorm
-from qat.prepare.pipeline import PrologueOptions
-from qat.recipes import MethodConfig
+from qat.config import RunConfig
 
 pytest.importorskip("ultralytics")
 
-from qat.detection.ultralytics_qat import (DetectionRun, QATDetectionTrainer, build_detector, dfl_convs,  # noqa: E402
-                                           high_precision_layers)
+from qat.detection.ultralytics_qat import QATDetectionTrainer, build_detector, dfl_convs, high_precision_layers  # noqa: E402,E501
 
 TINY = FMNISTDetConfig(train_size=16, val_size=8, canvas=64, min_size=12, max_size=40, seed=1)
-NO_DATA_PREP = PrologueOptions(cle=False, bias_correction=False, calib_batches=1)
+NO_DATA_PREP = dict(model="yolov8n", preset="smoke", table="t", cle=False, bias_correction=False)
+
+
+@pytest.fixture(autouse=True)
+def one_calibration_batch(monkeypatch):
+    from qat.presets import ULTRALYTICS
+    monkeypatch.setitem(ULTRALYTICS, "smoke", dict(ULTRALYTICS["smoke"], calib_batches=1))
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +86,15 @@ def test_fuse_leaves_the_quantized_model_unchanged(name):
     assert torch.equal(model(x)[0], out)
 
 
-def run_trainer(data, tmp_path, run: DetectionRun, epochs=1, **overrides):
-    trainer = QATDetectionTrainer.bind(run)(overrides=dict(
+def run_trainer(data, tmp_path, run: RunConfig, epochs=1, eval_fp=True, **overrides):
+    trainer = QATDetectionTrainer.bind(run, eval_fp=eval_fp)(overrides=dict(
         model="yolov8n.yaml", data=str(data.yaml), epochs=epochs, imgsz=64, batch=8, device="cpu", workers=0,
         project=str(tmp_path), name="run", seed=0, close_mosaic=0, **overrides))
     return trainer
 
 
 def test_smoke_qat_run_reports_map(tiny_data, tmp_path):
-    run = DetectionRun(recipe="lsq", bits=4, prologue=NO_DATA_PREP, wandb=False, name="t/yolov8n/lsq/w4a4/s0")
+    run = RunConfig(recipe="lsq", bits=4, wandb=False, **NO_DATA_PREP)
     trainer = run_trainer(tiny_data, tmp_path, run)
     trainer.train()
     r = trainer.results
@@ -119,7 +123,7 @@ def test_an_epoch_without_validation_logs_the_schema_and_no_val_metric(tiny_data
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setattr(ultralytics_qat, "LOG_EVERY", 1)  # the running loss at every step, as well as every epoch
-    run = DetectionRun(recipe="lsq", bits=4, prologue=NO_DATA_PREP, name="t/yolov8n/lsq/w4a4/s0", group="t")
+    run = RunConfig(recipe="lsq", bits=4, **NO_DATA_PREP)
     trainer = run_trainer(tiny_data, tmp_path, run, epochs=2, val=False)  # Ultralytics validates the last epoch
     trainer.train()
     rec = read_local_runs(trainer.save_dir)[0]
@@ -137,9 +141,8 @@ def test_an_epoch_without_validation_logs_the_schema_and_no_val_metric(tiny_data
 
 def test_ead_fires_after_tau_in_the_detection_trainer(tiny_data, tmp_path):
     # 2 epochs × 2 iterations, τ = epoch 1 = iteration 2: EAD must act on iterations 3 and 4 only.
-    run = DetectionRun(recipe="scalegrad+ead", bits=4, prologue=NO_DATA_PREP, wandb=False, ead_fraction=0.5,
-                       eval_fp=False)
-    trainer = run_trainer(tiny_data, tmp_path, run, epochs=2)
+    run = RunConfig(recipe="scalegrad+ead", bits=4, wandb=False, ead_fraction=0.5, **NO_DATA_PREP)
+    trainer = run_trainer(tiny_data, tmp_path, run, epochs=2, eval_fp=False)
     seen = []
 
     def wrap(trainer):
@@ -168,8 +171,8 @@ def test_frozen_weights_keep_their_codes(tiny_data, tmp_path):
     # The Freeze recipe's state inside the detection trainer: half of a 3-bit head conv's weights are frozen
     # at the start; through training their codes must not change and their latent values get no task
     # gradient, while the free ones get one.
-    run = DetectionRun(recipe="freeze", bits=3, prologue=NO_DATA_PREP, wandb=False, eval_fp=False)
-    trainer = run_trainer(tiny_data, tmp_path, run, epochs=2, lr0=0.01)
+    run = RunConfig(recipe="freeze", bits=3, wandb=False, **NO_DATA_PREP)
+    trainer = run_trainer(tiny_data, tmp_path, run, epochs=2, eval_fp=False, lr0=0.01)
     seen = {"codes": [], "grads": []}
 
     def freeze_half(trainer):

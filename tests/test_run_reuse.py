@@ -48,9 +48,7 @@ def det_config(table, model, recipe, bits, seed, stale_budgets=False, **changes)
     options); `stale_budgets`: preset budgets other than today's recorded."""
     config = RunConfig(model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET, table=table, resume=True,
                        **changes).to_dict()
-    run = {"recipe": recipe, "bits": bits, "name": f"{table}/{model}", "group": table,
-           "init_from": ["tau", f"/runs/{table}/parent/checkpoint_tau.pt"], "val_json": f"/runs/{table}/val.json"}
-    config.update(detection_run=run, ultralytics_args={"save_dir": f"/runs/{table}/x"})
+    config["ultralytics_args"] = {"save_dir": f"/runs/{table}/x", "name": f"{table}/{model}"}
     if stale_budgets:
         config["preset_values"] = dict(config["preset_values"], qat_epochs=config["preset_values"]["qat_epochs"] + 1)
     return config
@@ -59,7 +57,7 @@ def det_config(table, model, recipe, bits, seed, stale_budgets=False, **changes)
 def logged(options: dict, table, model, recipe, bits, seed) -> dict:
     """The W&B config of a run with these options (qat/logging/schema.py): flat keys, the options under `options`."""
     from qat.logging.schema import LoggedConfig
-    detection = "detection_run" in options
+    detection = "ultralytics_args" in options
     return dataclasses.asdict(LoggedConfig(
         table=table, model=model, recipe=recipe, bits=bits, seed=seed, preset=PRESET,
         task="detection" if detection else "classification", metric="map" if detection else "top1", lr=0.01,
@@ -150,7 +148,7 @@ def test_identity_ignores_naming_and_hardware_only():
 
 def test_detection_identity_leaves_out_the_trainers_derived_paths():
     a, b = det_config("table5", "yolov8n", "lsq", 4, 0), det_config("table2", "yolov8n", "lsq", 4, 0)
-    assert a["detection_run"] != b["detection_run"]  # paths into each table's own tree
+    assert a["ultralytics_args"] != b["ultralytics_args"]  # paths into each table's own tree
     assert training_identity(a) == training_identity(b)
     assert training_identity(a) != training_identity(det_config("table5", "yolov8n", "lsq", 4, 0, epochs=1))
     assert training_identity(a) == training_identity(default_config(PRESET, "table2", "yolov8n", "lsq", 4, 0))

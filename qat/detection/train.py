@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from ..config import ULTRALYTICS_DETECTORS, RunConfig, detector_fp_cache, path_digest
-from ..prepare.pipeline import PrologueOptions
 from ..recipes import get_recipe
-from ..run.lifecycle import CHECKPOINT, fp_weights, post_step_methods, start_point
+from ..run.lifecycle import CHECKPOINT, fp_weights, start_point
 from ..run_dir import claim, finished_result
 from ..train import checkpoint
 
@@ -84,24 +83,11 @@ def _train(c: RunConfig) -> dict:
             fp_ckpt = str(fp_weights(c, detector_fp_cache(c.model, c.preset, digest),
                                      lambda p: checkpoint.load(p, mmap=True).get("preset_values")))
 
-    from .ultralytics_qat import DetectionRun, QATDetectionTrainer
+    from .ultralytics_qat import QATDetectionTrainer
     p = c.preset_value
-    m = c.methods
-    if not c.is_fp:
-        m = post_step_methods(m, p)
-    run = DetectionRun(
-        recipe=c.recipe, bits=c.bits, methods=m,
-        prologue=PrologueOptions(cle=c.cle, bias_correction=c.bias_correction,
-                                 quantize_first_last=c.quantize_first_last, first_last_bits=c.first_last_bits,
-                                 calib_batches=p("calib_batches"),
-                                 bias_correction_batches=p("bias_correction_batches")),
-        fp_checkpoint=fp_ckpt, init_from=init_from,
-        save_fp_to=str(detector_fp_cache(c.model, c.preset, digest)) if c.is_fp and c.out is None else
-        (str(c.run_dir / "fp.pt") if c.is_fp else None),
-        val_json=val_json, ead_fraction=c.ead_fraction, max_iterations=c.max_iterations,
-        fig1_iterations=c.fig1_iterations, wandb=c.wandb, name=c.run_name, group=c.table, preset=c.preset,
-        tags=(c.model, c.recipe) + (() if c.is_fp else (f"w{c.bits}a{c.bits}",)) + (c.preset,),
-        config=c.to_dict())
+    save_fp_to = None
+    if c.is_fp:
+        save_fp_to = str(detector_fp_cache(c.model, c.preset, digest) if c.out is None else c.run_dir / "fp.pt")
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
     overrides = dict(model=ULTRALYTICS_DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
                      batch=c.batch_size or p("batch_size"), lr0=c.training_lr, seed=c.seed, device=c.device,
@@ -117,7 +103,8 @@ def _train(c: RunConfig) -> dict:
     elif c.device.startswith("cuda"):  # torch names -> Ultralytics' ("cuda" -> "0", "cuda:1" -> "1")
         overrides["device"] = c.device.partition(":")[2] or "0"
     t0 = time.time()
-    trainer = QATDetectionTrainer.bind(run)(overrides=overrides)
+    trainer = QATDetectionTrainer.bind(c, init_from=init_from, fp_checkpoint=fp_ckpt, val_json=val_json,
+                                       save_fp_to=save_fp_to)(overrides=overrides)
     trainer.train()
     result = {"model": c.model, "recipe": c.recipe, "bits": None if c.is_fp else c.bits, "seed": c.seed,
               "preset": c.preset, "table": c.table, "epochs": epochs, **trainer.results,

@@ -28,7 +28,8 @@ ourselves; `amp=False`, `plots=False`, `optimizer="SGD"`, and the run is logged 
 passes to `save_metrics` (its `lr/pg<i>` and, at epochs that did not validate, placeholder zeros for mAP and
 the validation losses). Ultralytics' own W&B callback stays off (its `wandb` setting defaults to False).
 
-The QAT settings travel as a class attribute (`QATDetectionTrainer.bind(run)` makes a subclass), so
+The run's RunConfig and where it starts travel as class attributes (`QATDetectionTrainer.bind(run, ...)` makes a
+subclass), so
 Ultralytics' DDP launcher, which re-creates `type(trainer)(overrides=...)` from a cloudpickle, keeps them.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from __future__ import annotations
 import math
 import time
 from copy import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -48,15 +49,16 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK
 from ultralytics.utils import nms, ops
 from ultralytics.utils.torch_utils import unwrap_model
 
-from ..config import ULTRALYTICS_DETECTORS
+from ..config import ULTRALYTICS_DETECTORS, RunConfig
 from ..hooks import TrainState
 from ..loop import qat_step
-from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
+from ..logging.schema import epoch_lr, prologue_metrics, summary_values
 from ..modules import quant_layers, step_parameters
 from ..logging.fig1_traces import Fig1TraceHook
-from ..prepare.pipeline import PrologueOptions, float_prologue, quantize_prologue
-from ..recipes import MethodConfig, get_recipe, make_hooks, make_post_steps
-from ..run.lifecycle import CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, tau_epoch
+from ..prepare.pipeline import float_prologue, quantize_prologue
+from ..recipes import get_recipe, make_hooks, make_post_steps
+from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, post_step_methods,
+                             open_run_logger, prologue_options, step_size_metrics, tau_epoch)
 from .coco_eval import coco_map, load_coco
 
 DETECTORS = ULTRALYTICS_DETECTORS
@@ -142,38 +144,6 @@ def build_detector(name_or_yaml: str, nc: int, channels: int = 3, verbose: bool 
 
 # --------------------------------------------------------------------------------------------- the run
 
-@dataclass
-class DetectionRun:
-    """What one detection run needs beyond Ultralytics' own arguments (those go in `overrides`)."""
-    recipe: str = "fp"                      # "fp" = FP pretraining, else a recipe of qat.recipes
-    bits: int = 4
-    methods: MethodConfig = field(default_factory=MethodConfig)
-    # CLE needs positively homogeneous activations (ReLU); YOLO uses SiLU, so it is off by default.
-    prologue: PrologueOptions = field(default_factory=lambda: PrologueOptions(cle=False, bias_correction=True))
-    fp_checkpoint: str | None = None        # our FP32 checkpoint ({"model": state_dict}) for QAT
-    # Start from a QAT checkpoint of this trainer instead of the prologue (qat/run/lifecycle.py names them):
-    # ("tau", path) branches at τ (the parent's checkpoint_tau.pt), ("end", path) takes a trained model
-    # (trained.pt) straight to the post steps, ("resume", path) continues a killed run from its checkpoint.pt.
-    init_from: tuple[str, str] | None = None
-    save_fp_to: str | None = None           # FP pretraining: where to write the FP32 checkpoint
-    val_json: str | None = None             # COCO ground truth of the val split (default: data yaml's val_json)
-    ead_fraction: float = 0.2               # τ: qat/run/lifecycle.py tau_epoch (paper: 80 of 100 epochs)
-    eval_fp: bool = True                    # evaluate the FP model before/after the BN fold (tables report it)
-    max_iterations: int | None = None       # stop after this many optimizer steps (tests, paper smoke)
-    fig1_iterations: int = 200              # log Fig. 1 traces over the last N iterations
-    log_step_sizes: bool = True
-    wandb: bool = True
-    name: str = "adhoc/detector/run"        # W&B run name, `{table}/{model}/{recipe}/w{b}a{b}/s{seed}`
-    group: str = "adhoc"                    # W&B group = the run's table
-    preset: str = "adhoc"                   # the preset whose budgets the overrides hold (W&B config)
-    tags: tuple[str, ...] = ()
-    config: dict = field(default_factory=dict)  # the run's own options, logged under the W&B config's `options`
-
-    @property
-    def is_fp(self) -> bool:
-        return self.recipe == "fp"
-
-
 LOG_EVERY = 20  # optimizer steps between `train/loss_running` points, as the classification loop's default
 QAT_DEFAULTS = dict(optimizer="SGD", amp=False, plots=False, val=True, warmup_epochs=0.0, momentum=0.9,
                     weight_decay=1e-5, lr0=1e-3, exist_ok=True, verbose=False)
@@ -181,21 +151,35 @@ FP_DEFAULTS = dict(plots=False, val=True, exist_ok=True, verbose=False)
 
 
 class QATDetectionTrainer(DetectionTrainer):
-    run_spec: DetectionRun = DetectionRun()
+    """Ultralytics' trainer running `run_spec` (a RunConfig); Ultralytics' own arguments go in `overrides`."""
+    run_spec: RunConfig | None = None
+    # Start from a QAT checkpoint of this trainer instead of the prologue (qat/run/lifecycle.py names them):
+    # ("tau", path) branches at τ (the parent's checkpoint_tau.pt), ("end", path) takes a trained model
+    # (trained.pt) straight to the post steps, ("resume", path) continues a killed run from its checkpoint.pt.
+    init_from: tuple[str, str] | None = None
+    fp_checkpoint: str | None = None        # the FP32 checkpoint ({"model": state_dict} or Ultralytics') for QAT
+    val_json: str | None = None             # COCO ground truth of the val split (default: data yaml's val_json)
+    save_fp_to: str | None = None           # FP pretraining: where to write the FP32 checkpoint
+    eval_fp: bool = True                    # evaluate the FP model before/after the BN fold (tables report it)
 
     @classmethod
-    def bind(cls, run: DetectionRun) -> type["QATDetectionTrainer"]:
-        """A subclass carrying `run` (class attributes survive Ultralytics' cloudpickled DDP relaunch)."""
-        return type(f"{cls.__name__}_{run.recipe.replace('+', '_').replace('-', '_')}", (cls,), {"run_spec": run})
+    def bind(cls, run: RunConfig, **start) -> type["QATDetectionTrainer"]:
+        """A subclass carrying `run` and the class attributes `start` sets (init_from, fp_checkpoint, val_json,
+        save_fp_to, eval_fp): class attributes survive Ultralytics' cloudpickled DDP relaunch."""
+        unknown = set(start) - {"init_from", "fp_checkpoint", "val_json", "save_fp_to", "eval_fp"}
+        if unknown:
+            raise TypeError(f"QATDetectionTrainer.bind: unknown {sorted(unknown)}")
+        name = f"{cls.__name__}_{run.recipe.replace('+', '_').replace('-', '_')}"
+        return type(name, (cls,), {"run_spec": run, **start})
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks=None):
         run = self.run_spec
+        self.methods = run.methods if run.is_fp else post_step_methods(run.methods, run.preset_value)
+        self.prologue = prologue_options(run)
         defaults = FP_DEFAULTS if run.is_fp else QAT_DEFAULTS
         overrides = {**defaults, **(overrides or {})}
         if not run.is_fp:
             get_recipe(run.recipe)  # unknown recipe: fail before any work
-            if not isinstance(run.bits, int) or not 2 <= run.bits <= 8:
-                raise ValueError(f"bits must be an integer between 2 and 8, got {run.bits!r}")
             if str(overrides.get("optimizer", "SGD")).lower() not in ("sgd", "auto"):
                 raise ValueError("QAT detection runs use optimizer='SGD' (step sizes outside weight decay)")
             overrides["optimizer"] = "SGD"
@@ -217,17 +201,12 @@ class QATDetectionTrainer(DetectionTrainer):
         run = self.run_spec
         if self.logger is not None or not run.wandb or RANK not in {-1, 0}:
             return
-        from ..logging.run_logger import RunLogger
-        options = {"detection_run": {k: v for k, v in asdict(run).items() if k not in ("config",)},
-                   "ultralytics_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
-                   **run.config}
-        iterations = self.epochs * math.ceil(len(self.train_loader) / self.accumulate)
-        config = run_config(table=run.group, model=Path(str(self.args.model)).stem, recipe=run.recipe, bits=run.bits,
-                            seed=self.args.seed, preset=run.preset, task="detection", metric="map",
-                            optimizer=self.optimizer, epochs=self.epochs,
-                            iterations=min(iterations, run.max_iterations or iterations), batch_size=self.batch_size,
-                            methods=run.methods, options=options)
-        self.logger = RunLogger(self.save_dir, run.name, run.group, list(run.tags), config)
+        options = {"ultralytics_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
+                   **run.to_dict()}
+        self.logger = open_run_logger(run, self.save_dir, task="detection", metric="map", optimizer=self.optimizer,
+                                      epochs=self.epochs, batch_size=self.batch_size, methods=self.methods,
+                                      options=options,
+                                      iterations=self.epochs * math.ceil(len(self.train_loader) / self.accumulate))
 
     def log(self, metrics: dict, step: int | None = None):
         """Log at the optimizer-step count (QAT: the hooks' iteration t; FP: epochs × batches so far)."""
@@ -245,7 +224,7 @@ class QATDetectionTrainer(DetectionTrainer):
         model = self.set_model_names_for_load(model)
         if weights:
             model.load(weights)
-        path = self.run_spec.fp_checkpoint
+        path = self.fp_checkpoint
         if path and not self.run_spec.is_fp:
             load_fp_weights(model, path)
         return model
@@ -262,29 +241,29 @@ class QATDetectionTrainer(DetectionTrainer):
         self.model.args = self.args  # the loss (post steps, calibration checks) reads its gains here
         imgsz = self.args.imgsz if isinstance(self.args.imgsz, int) else max(self.args.imgsz)
         example = torch.zeros(1, self.data["channels"], imgsz, imgsz, device=self.device)
-        if run.init_from is not None:  # the structure only: the checkpoint brings every value
-            recipe.build_structure(model, run.bits, example, run.prologue, run.methods, exclude=dfl_convs(model),
+        if self.init_from is not None:  # the structure only: the checkpoint brings every value
+            recipe.build_structure(model, run.bits, example, self.prologue, run.methods, exclude=dfl_convs(model),
                                    high_precision=high_precision_layers(model))
             left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             if left:
                 raise RuntimeError(f"BN folding missed {len(left)} BatchNorm layers of the detector: {left[:5]}")
             return
-        if not run.fp_checkpoint:  # (a resumed or branched run brings its weights in the checkpoint)
+        if not self.fp_checkpoint:  # (a resumed or branched run brings its weights in the checkpoint)
             LOGGER.warning("QAT without fp_checkpoint: quantizing a randomly initialised detector")
-        calib = [b["img"] for b in self._calibration_batches(run.prologue.calib_batches)]
+        calib = [b["img"] for b in self._calibration_batches(self.prologue.calib_batches)]
         n_bn = sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-        if run.eval_fp:
+        if self.eval_fp:
             self.report["fp_map"] = self.evaluate(model)["metric"]  # mAP@[.5:.95] in %
-        self.report["prologue"] = float_prologue(model, example, calib, run.prologue)
+        self.report["prologue"] = float_prologue(model, example, calib, self.prologue)
         left = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if self.report["prologue"]["bn_folded"] != n_bn or left:
             raise RuntimeError(f"BN folding missed {len(left)} BatchNorm layers of the detector: {left[:5]}")
-        if run.eval_fp:
+        if self.eval_fp:
             self.report["fp_map_prologue"] = self.evaluate(model)["metric"]
         self.report["quantize"] = quantize_prologue(
-            model, run.bits, calib, run.prologue, **recipe.quantizer(run.methods), exclude=dfl_convs(model),
+            model, run.bits, calib, self.prologue, **recipe.quantizer(run.methods), exclude=dfl_convs(model),
             high_precision=high_precision_layers(model))
-        if run.eval_fp:
+        if self.eval_fp:
             self.report["init_map"] = self.evaluate(model)["metric"]
         LOGGER.info(f"QAT prologue: {self.report}")
 
@@ -338,19 +317,19 @@ class QATDetectionTrainer(DetectionTrainer):
         self.tau_epoch = tau_epoch(self.epochs, run.ead_fraction)
         tau = self.tau_epoch * batches
         self.hooks = make_hooks(get_recipe(run.recipe), run.bits, tau, run.methods) + [Fig1TraceHook(run.fig1_iterations)]
-        self.post_steps = make_post_steps(get_recipe(run.recipe), run.methods)
+        self.post_steps = make_post_steps(get_recipe(run.recipe), self.methods)
         self.state = TrainState(model=model, total_iterations=total)
         for h in self.hooks:
             h.on_train_start(self.state)
         model.qat_extra_loss = _ExtraLoss(self.hooks, self.state)
         self._steps = step_parameters(model)
-        if run.init_from is not None:
-            self._load_qat_checkpoint(*run.init_from)
+        if self.init_from is not None:
+            self._load_qat_checkpoint(*self.init_from)
         elif self.report:
             self.log(prologue_metrics(self.report, "map"), step=0)
 
     def _load_qat_checkpoint(self, point: str, path: str):
-        """Continue from a QAT checkpoint written by `save_model` (see DetectionRun.init_from)."""
+        """Continue from a QAT checkpoint written by `save_model` (see `init_from`)."""
         from ..train import checkpoint as ckpt
         if point not in ("tau", "end", "resume"):
             raise ValueError(f"init_from point must be 'tau', 'end' or 'resume', got {point!r}")
@@ -377,7 +356,7 @@ class QATDetectionTrainer(DetectionTrainer):
             raise ValueError(f"checkpoint {path} is at epoch {self.start_epoch} of {self.epochs}: nothing left to train")
 
     def _do_train(self):
-        init = self.run_spec.init_from
+        init = self.init_from
         if init is not None and init[0] == "end":  # a trained model: straight to evaluation and post steps
             self._setup_train()
             self.epoch = self.epochs - 1
@@ -402,7 +381,7 @@ class QATDetectionTrainer(DetectionTrainer):
 
     def _check_stop(self):
         if self.loss is not None and not torch.isfinite(self.loss):
-            raise NonFiniteLoss(f"non-finite training loss in epoch {self.epoch + 1} of {self.run_spec.name}: "
+            raise NonFiniteLoss(f"non-finite training loss in epoch {self.epoch + 1} of {self.run_spec.run_name}: "
                                 f"lower lr0 or check the data")
         n = self.run_spec.max_iterations
         it = self.state.iteration if self.state is not None else None
@@ -412,7 +391,7 @@ class QATDetectionTrainer(DetectionTrainer):
     def _handle_nan_recovery(self, epoch):
         # Ultralytics would reload its FP16 EMA checkpoint; we stop with a clear message instead.
         if self.loss is not None and not torch.isfinite(self.loss):
-            raise NonFiniteLoss(f"non-finite training loss in epoch {epoch + 1} of {self.run_spec.name}: "
+            raise NonFiniteLoss(f"non-finite training loss in epoch {epoch + 1} of {self.run_spec.run_name}: "
                                 f"lower lr0 or check the data")
         return False
 
@@ -429,10 +408,10 @@ class QATDetectionTrainer(DetectionTrainer):
 
     def _gt_index(self):
         if self._gt is None:
-            path = self.run_spec.val_json or self.data.get("val_json")
+            path = self.val_json or self.data.get("val_json")
             if not path:
                 raise ValueError("detection evaluation needs the COCO ground truth of the val split: "
-                                 "set DetectionRun.val_json or `val_json` in the data yaml")
+                                 "bind val_json or set `val_json` in the data yaml")
             coco = load_coco(path)
             cats = sorted(coco.getCatIds())
             if len(cats) != self.data["nc"]:
@@ -476,8 +455,7 @@ class QATDetectionTrainer(DetectionTrainer):
             self.state.epoch = self.epoch + 1
             for h in self.hooks:
                 extra.update(h.epoch_metrics(self.state))
-            if self.run_spec.log_step_sizes:
-                extra.update(step_size_metrics(unwrap_model(self.model)))
+            extra.update(step_size_metrics(unwrap_model(self.model)))
         # Ultralytics' `metrics` hold its own names and, at an epoch that did not validate, zeros or the last
         # validation's values: the row takes the losses and, only after a validation, our validate()'s metrics.
         losses = {f"train/{k}": float(v) for k, v in (self.tloss or {}).items()}
@@ -490,7 +468,7 @@ class QATDetectionTrainer(DetectionTrainer):
         self.log(row)
         val = (f"mAP {row['val/metric']:.2f} (mAP50 {row['val/map50']:.2f})" if "val/metric" in row
                else "not validated")
-        LOGGER.info(f"[qat] {self.run_spec.name} epoch {self.epoch + 1}/{self.epochs}: {val}")
+        LOGGER.info(f"[qat] {self.run_spec.run_name} epoch {self.epoch + 1}/{self.epochs}: {val}")
 
     # ---------------------------------------------------------------------------- checkpoints
     def save_model(self):
@@ -509,7 +487,7 @@ class QATDetectionTrainer(DetectionTrainer):
         return {"model": unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch + 1, "iteration": self.state.iteration,
                 "hooks": {type(h).__name__: h.state_dict() for h in self.hooks}, "report": _scalars(self.report),
-                "run": asdict(self.run_spec), "wandb_id": self.logger.run_id if self.logger else None,
+                "config": self.run_spec.to_dict(), "wandb_id": self.logger.run_id if self.logger else None,
                 "train_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()}}
 
     # ----------------------------------------------------------------------------- the end
@@ -523,12 +501,11 @@ class QATDetectionTrainer(DetectionTrainer):
                 model = self.eval_model().float()
                 res = _pct(self.evaluate(model))
                 self.results = dict(res)
-                if run.save_fp_to:
+                if self.save_fp_to:
                     from ..train import checkpoint as ckpt
                     ckpt.save({"model": model.state_dict(), "yaml": model.yaml, "nc": self.data["nc"],
                                "imgsz": self.args.imgsz, "map": res["map"], "map50": res["map50"],
-                               "preset_values": run.config.get("preset_values")},
-                              Path(run.save_fp_to))
+                               "preset_values": dict(run.presets[run.preset])}, Path(self.save_fp_to))
             else:
                 from ..train import checkpoint as ckpt
                 model = unwrap_model(self.model)
@@ -536,7 +513,7 @@ class QATDetectionTrainer(DetectionTrainer):
                 ema = next((m for m in (h.eval_model() for h in self.hooks) if m is not None), None)
                 if ema is not None:  # RedYolo: the final model is the EMA copy
                     model.load_state_dict(ema.state_dict())
-                if run.init_from is None or run.init_from[0] != "end":
+                if self.init_from is None or self.init_from[0] != "end":
                     payload = self._checkpoint_payload()
                     payload["epoch"] = self.epochs
                     ckpt.save(payload, self.save_dir / TRAINED)
@@ -552,12 +529,12 @@ class QATDetectionTrainer(DetectionTrainer):
                                          if not k.startswith("osc/") or k == "osc/fraction_oscillating"})
                 task = DetectionTask(self)
                 for post in self.post_steps:
-                    LOGGER.info(f"[qat] {run.name}: post step {post.name}")
+                    LOGGER.info(f"[qat] {run.run_name}: post step {post.name}")
                     self.results.update(_scalars(post.run(model, task)))
                 self.results.update(_pct(self.evaluate(model)) if self.post_steps else res)  # no post step: unchanged
-                ckpt.save({"model": model.state_dict(), "results": self.results, "run": asdict(run)},
-                          self.save_dir / FINAL)
-            LOGGER.info(f"[qat] {run.name}: mAP@[.5:.95] {self.results['map']:.2f} mAP@.5 {self.results['map50']:.2f}")
+                ckpt.save({"model": model.state_dict(), "results": self.results, "config": run.to_dict(),
+                           "prologue": asdict(self.prologue)}, self.save_dir / FINAL)
+            LOGGER.info(f"[qat] {run.run_name}: mAP@[.5:.95] {self.results['map']:.2f} mAP@.5 {self.results['map50']:.2f}")
             if self.logger is not None:
                 self.logger.summary(summary_values(self.results, "map"))
                 self.logger.finish(0)
@@ -597,7 +574,7 @@ class DetectionTask:
                 yield self.trainer.preprocess_batch(batch)
 
     def calib_batches(self):
-        return self.trainer._calibration_batches(self.trainer.run_spec.prologue.calib_batches)
+        return self.trainer._calibration_batches(self.trainer.prologue.calib_batches)
 
     def inputs(self, batch):
         return batch["img"]
@@ -655,14 +632,6 @@ def load_fp_weights(model: nn.Module, path) -> None:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise ckpt.CheckpointError(f"checkpoint {path} does not fit this detector: {str(e)[:300]}") from None
-
-
-def step_size_metrics(model: nn.Module) -> dict:
-    out = {}
-    for name, layer in quant_layers(model):
-        out[f"steps/{name}/weight"] = float(layer.weight_quant.step.detach().mean())
-        out[f"steps/{name}/act"] = float(layer.input_quant.step.detach())
-    return out
 
 
 def _loss_total(loss_items: dict) -> float:

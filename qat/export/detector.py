@@ -68,12 +68,12 @@ def load_detector_run(run_dir, recorded: dict):
         if not path.is_file():
             raise ExportError(f"{run_dir} has no {path.relative_to(run_dir)}: not a finished QAT detection run")
     stored = ckpt.load(final)
-    state, run = stored["model"], stored["run"]
+    state, run = stored["model"], stored["config"]
     prefix = f"model.{max(int(k.split('.')[1]) for k in state if k.startswith('model.'))}"  # the Detect head
     spec = {"detector": c["model"], "nc": int(state[_last_cls_conv(state, prefix)].shape[0]),
             "channels": int(next(v for k, v in state.items() if k.endswith(".weight") and v.dim() == 4).shape[1]),
             "imgsz": int(c.get("imgsz") or preset["imgsz"]), "bits": int(run["bits"]), "recipe": run["recipe"],
-            "prologue": run["prologue"]}
+            "prologue": stored["prologue"]}
     model = detector_structure(spec["detector"], spec["nc"], spec["channels"], spec["imgsz"], spec["bits"],
                                spec["recipe"], spec["prologue"])
     try:

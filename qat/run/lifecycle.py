@@ -9,7 +9,7 @@ loop and its Task adapter and takes from here:
 - `tau_epoch`: the epoch where the EAD phase starts;
 - `fp_weights`: the FP model a QAT run quantizes: --fp-checkpoint, else the task's cached FP model, trained
   first by an FP run when missing, refused when its preset budgets changed;
-- `post_step_methods`: post-step budgets left unset take the preset's.
+- `post_step_methods`: post-step budgets left unset take the preset's; `prologue_options`: the prologue's.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import FP_TABLE, check_fp_budgets
+from ..prepare.pipeline import PrologueOptions
 from ..recipes import MethodConfig, get_recipe
 from ..run_dir import check_parent
 
@@ -120,6 +121,35 @@ def fp_weights(cfg, cache: Path, recorded_budgets, barrier=lambda: None, announc
     if not cfg.fp_checkpoint:
         check_fp_budgets(path, recorded_budgets(path), cfg.preset, cfg.presets[cfg.preset])
     return path
+
+
+def prologue_options(cfg) -> PrologueOptions:
+    """The quantization prologue's options of a run (qat/prepare/pipeline.py), every task's."""
+    return PrologueOptions(cle=cfg.cle, cle_relu6=cfg.cle_relu6, bias_correction=cfg.bias_correction,
+                           quantize_first_last=cfg.quantize_first_last, first_last_bits=cfg.first_last_bits,
+                           calib_batches=cfg.preset_value("calib_batches"),
+                           bias_correction_batches=cfg.preset_value("bias_correction_batches"))
+
+
+def open_run_logger(cfg, run_dir: Path, *, task: str, metric: str, optimizer, epochs: int, iterations: int,
+                    batch_size: int, methods: MethodConfig | None = None, options: dict | None = None,
+                    resume_id: str | None = None):
+    """The run's W&B logger: every task logs the same config keys (qat/logging/schema.py) and tags."""
+    from ..logging.run_logger import RunLogger
+    from ..logging.schema import run_config
+    config = run_config(table=cfg.table, model=cfg.model, recipe=cfg.recipe, bits=cfg.bits, seed=cfg.seed,
+                        preset=cfg.preset, task=task, metric=metric, optimizer=optimizer, epochs=epochs,
+                        iterations=min(iterations, cfg.max_iterations or iterations), batch_size=batch_size,
+                        methods=methods or cfg.methods, options=options or cfg.to_dict())
+    tags = [cfg.model, cfg.recipe] + ([] if cfg.is_fp else [f"w{cfg.bits}a{cfg.bits}"]) + [cfg.preset]
+    return RunLogger(run_dir, cfg.run_name, cfg.table, tags, config, resume_id=resume_id)
+
+
+def step_size_metrics(model) -> dict:
+    """Every quantized layer's weight (mean) and activation step size, logged each epoch."""
+    from ..modules import quant_layers
+    return {f"steps/{name}/{kind}": float(getattr(layer, f"{q}_quant").step.detach().mean())
+            for name, layer in quant_layers(model) for kind, q in (("weight", "weight"), ("act", "input"))}
 
 
 def post_step_methods(methods: MethodConfig, preset_value) -> MethodConfig:

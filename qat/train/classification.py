@@ -24,14 +24,14 @@ from ..config import RunConfig, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..hooks import TrainState
 from ..logging.fig1_traces import Fig1TraceHook
-from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
+from ..logging.schema import epoch_lr, prologue_metrics, summary_values
 from ..loop import qat_step
 from ..models import build_model
-from ..modules import quant_layers, step_parameters
+from ..modules import step_parameters
 from ..prepare.pipeline import PrologueOptions, float_prologue, quantize_prologue
 from ..recipes import get_recipe, make_hooks, make_post_steps
 from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, fp_weights, post_step_methods,
-                             start_point, tau_epoch)
+                             open_run_logger, prologue_options, start_point, step_size_metrics, tau_epoch)
 from ..run_dir import claim, finished_result
 from . import checkpoint as ckpt
 from .distributed import all_reduce_sum, barrier, init_distributed, is_main
@@ -151,16 +151,10 @@ class Trainer:
 
     # ----------------------------------------------------------------- logging
     def open_logger(self, resume_id: str | None, optimizer, epochs: int, iterations: int):
-        if not (self.cfg.wandb and is_main()):
-            return
-        from ..logging.run_logger import RunLogger
-        c = self.cfg
-        tags = [c.model, c.recipe] + ([] if c.is_fp else [f"w{c.bits}a{c.bits}"]) + [c.preset]
-        config = run_config(table=c.table, model=c.model, recipe=c.recipe, bits=c.bits, seed=c.seed, preset=c.preset,
-                            task=self.task, metric=self.metric, optimizer=optimizer, epochs=epochs,
-                            iterations=min(iterations, c.max_iterations or iterations), batch_size=self.batch_size,
-                            methods=c.methods, options=c.to_dict())
-        self.logger = RunLogger(self.run_dir, c.run_name, c.table, tags, config, resume_id=resume_id)
+        if self.cfg.wandb and is_main():
+            self.logger = open_run_logger(self.cfg, self.run_dir, task=self.task, metric=self.metric,
+                                          optimizer=optimizer, epochs=epochs, iterations=iterations,
+                                          batch_size=self.batch_size, resume_id=resume_id)
 
     def log(self, metrics: dict, step: int | None = None):
         if self.logger is not None:
@@ -211,10 +205,7 @@ class Trainer:
         return stored.get(self.metric) if same_test_set else None
 
     def prologue_options(self) -> PrologueOptions:
-        c = self.cfg
-        return PrologueOptions(cle=c.cle, cle_relu6=c.cle_relu6, bias_correction=c.bias_correction, quantize_first_last=c.quantize_first_last,
-                               first_last_bits=c.first_last_bits, calib_batches=c.preset_value("calib_batches"),
-                               bias_correction_batches=c.preset_value("bias_correction_batches"))
+        return prologue_options(self.cfg)
 
     def calib_inputs(self) -> list[torch.Tensor]:
         return [self.move(b)[0] for b in self.calib_inputs_labels]
@@ -357,7 +348,7 @@ class Trainer:
                 train_metrics = self.train_epoch(train_model, optimizer, hooks, state, epoch, epochs)
                 lr = epoch_lr(optimizer)  # the epoch's, before the scheduler moves it
                 scheduler.step()
-                metrics = {**train_metrics, "epoch": epoch + 1, "lr": lr, **self.step_size_metrics(model)}
+                metrics = {**train_metrics, "epoch": epoch + 1, "lr": lr, **step_size_metrics(model)}
                 # CPU presets validate only where a number is used (τ and the end); others every epoch.
                 if c.preset_value("val_every_epoch") or epoch + 1 in (tau_epoch, epochs):
                     eval_model = next((m for m in (h.eval_model() for h in hooks) if m is not None), model)
@@ -431,13 +422,6 @@ class Trainer:
         out = {"train/loss": loss_total / seen_total, "time/epoch_s": time.time() - t0}
         if batch_correct is not None:
             out["train/top1"] = 100 * correct_total / seen_total
-        return out
-
-    def step_size_metrics(self, model) -> dict:
-        out = {}
-        for name, layer in quant_layers(model):
-            out[f"steps/{name}/weight"] = float(layer.weight_quant.step.detach().mean())
-            out[f"steps/{name}/act"] = float(layer.input_quant.step.detach())
         return out
 
     def checkpoint_payload(self, model, optimizer, scheduler, hooks, state, epoch, report) -> dict:
