@@ -115,7 +115,7 @@ def build_parser(prog: str = "python -m qat.run", default_model: str | None = No
             continue
         default = f.default  # (cle and workers: None = the task's, RunConfig.__post_init__)
         help_text = RUN_HELP.get(f.name)
-        if isinstance(default, bool):
+        if isinstance(default, bool) or f.type == "bool | None":
             p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif f.name == "device":  # checked in parse_config: Ultralytics detectors also take GPU ids
             p.add_argument("--device", default=default, help=help_text)

@@ -108,7 +108,7 @@ def _export(args, env):
 
 
 def test_bad_run_directories_get_one_error_line(smoke_env, tmp_path):
-    for name, config in [("det", {"detection_config": {"model": "yolov8n", "recipe": "lsq", "bits": 4}}),
+    for name, config in [("det", {"model": "yolov8n", "recipe": "lsq", "bits": 4}),
                          ("ssd", {"model": "ssdlite_mobilenetv2", "recipe": "lsq", "bits": 4})]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(config))
