@@ -156,7 +156,8 @@ def _error(message: str) -> int:
 
 def main(argv=None, prog: str = "python -m qat.run", default_model: str | None = None) -> int:
     cfg = parse_config(argv, default_model, prog)
-    from .run.lifecycle import NonFiniteLoss, run
+    from .run import run
+    from .run.lifecycle import NonFiniteLoss
     from .run_dir import BUSY_EXIT, RunBusy
     from .train.checkpoint import CheckpointError
     from .train.distributed import teardown

@@ -1,4 +1,4 @@
-"""Whole Ultralytics detection runs through the run lifecycle (`qat.run.lifecycle.run`): FP → QAT with branching and post steps, W&B logging,
+"""Whole Ultralytics detection runs through the run lifecycle (`qat.run.run`): FP → QAT with branching and post steps, W&B logging,
 the paper preset on a tiny COCO-format set, and the CLI's one-line errors."""
 import json
 
@@ -8,7 +8,7 @@ import torch
 from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
 from qat.cli import main as run_main
 from qat.config import RunConfig
-from qat.run.lifecycle import run
+from qat.run import run
 
 pytest.importorskip("ultralytics")
 

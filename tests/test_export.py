@@ -170,7 +170,7 @@ def test_ultralytics_detectors_export_their_raw_head_outputs(name, tmp_path, mon
 def test_a_finished_smoke_detector_run_exports_and_ort_agrees(dirs, monkeypatch, capsys):
     from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
     from qat.config import RunConfig
-    from qat.run.lifecycle import run
+    from qat.run import run
     from qat.export.__main__ import main
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(dirs / "yolo"))
     ds = build_fmnist_det(FMNISTDetConfig(train_size=16, val_size=8, canvas=64, min_size=12, max_size=40, seed=2),

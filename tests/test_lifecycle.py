@@ -18,7 +18,7 @@ def test_tau_is_the_start_of_the_last_ead_fraction_of_the_epochs():
     assert lifecycle.tau_epoch(1, 0.2) == 1 and lifecycle.tau_epoch(2, 0.0) == 2
 
 
-def test_a_run_starts_fresh_resumed_or_branched_from_its_parent_trained_first(tmp_path, monkeypatch):
+def test_a_run_starts_fresh_resumed_or_branched_from_its_parent_trained_first(tmp_path):
     trained = []
 
     def train_parent(cfg):  # stands in for training the parent run: it leaves its τ checkpoint
@@ -26,22 +26,22 @@ def test_a_run_starts_fresh_resumed_or_branched_from_its_parent_trained_first(tm
         cfg.run_dir.mkdir(parents=True)
         (cfg.run_dir / lifecycle.TAU_CHECKPOINT).write_bytes(b"")
 
-    monkeypatch.setattr(lifecycle, "run", train_parent)
     child = RunConfig(recipe="scalegrad+ead", preset="smoke", wandb=False, out=str(tmp_path / "child"))
-    start = lifecycle.start_point(child, announce=lambda m: None)
+    start = lifecycle.start_point(child, train_parent, announce=lambda m: None)
     assert (start.kind, start.path, start.trained) == ("branch", tmp_path / "scalegrad" / "checkpoint_tau.pt", False)
-    assert lifecycle.start_point(child, announce=lambda m: None).path == start.path and trained == ["scalegrad"]
-    assert lifecycle.start_point(replace(child, recipe="lsq")).kind == "fresh"
+    assert lifecycle.start_point(child, train_parent).path == start.path and trained == ["scalegrad"]
+    assert lifecycle.start_point(replace(child, recipe="lsq"), train_parent).kind == "fresh"
 
     run_dir = tmp_path / "child"
     run_dir.mkdir()
     (run_dir / lifecycle.CHECKPOINT).write_bytes(b"")
     with pytest.raises(ValueError, match="--resume"):
-        lifecycle.start_point(child)
-    resumed = lifecycle.start_point(replace(child, resume=True))
+        lifecycle.start_point(child, train_parent)
+    resumed = lifecycle.start_point(replace(child, resume=True), train_parent)
     assert (resumed.kind, resumed.path, resumed.trained) == ("resume", run_dir / "checkpoint.pt", False)
     (run_dir / lifecycle.TRAINED).write_bytes(b"")  # killed in the post steps: they run again on the trained model
-    assert lifecycle.start_point(replace(child, resume=True)) == lifecycle.Start("resume", run_dir / "trained.pt", True)
+    assert lifecycle.start_point(replace(child, resume=True), train_parent) == \
+        lifecycle.Start("resume", run_dir / "trained.pt", True)
 
 
 def test_post_step_budgets_left_unset_take_the_presets():

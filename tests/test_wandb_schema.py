@@ -46,7 +46,7 @@ def detector_records(tmp_path, monkeypatch) -> dict:
     from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
     from qat.config import RunConfig
     from qat.presets import ULTRALYTICS
-    from qat.run.lifecycle import run
+    from qat.run import run
 
     monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))

@@ -55,7 +55,7 @@ def dataset_for(c: RunConfig) -> tuple[str, str | None, str]:
 
 def train_detector(cfg: RunConfig) -> dict:
     """Run one Ultralytics detection run (FP pretraining or QAT with a recipe) and return its result dict
-    (`qat.run.lifecycle.run` calls it for an Ultralytics detector's RunConfig).
+    (`qat.run.run` calls it for an Ultralytics detector's RunConfig).
 
     Results are in % (`map` = mAP@[.5:.95], `map50`), with `fp_map` (FP model), `fp_map_prologue`
     (after the BN fold), `init_map` (after quantizer init) and `map_trained` (before post steps).
@@ -76,12 +76,12 @@ def _train(c: RunConfig) -> dict:
     init_from = None
     fp_ckpt = c.fp_checkpoint
     if not c.is_fp:
-        start = start_point(c)  # trains a missing parent first
+        start = start_point(c, train_detector)  # trains a missing parent first
         if start.path is not None:  # a killed run (from its last epoch, or its trained model), or a branch
             init_from = ("end" if start.trained else "resume" if start.kind == "resume" else "tau", str(start.path))
         if init_from is None or fp_ckpt is not None:  # (a branch or resumed run brings its weights)
             fp_ckpt = str(fp_weights(c, detector_fp_cache(c.model, c.preset, digest),
-                                     lambda p: checkpoint.load(p, mmap=True).get("preset_values")))
+                                     lambda p: checkpoint.load(p, mmap=True).get("preset_values"), train_detector))
 
     from .ultralytics_qat import QATDetectionTrainer
     p = c.preset_value

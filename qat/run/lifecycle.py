@@ -1,8 +1,9 @@
 """The rules of a run that every task shares, written once (classification, torch detectors, Ultralytics).
 
-`run(cfg)` trains any run by its model's task; a task's glue (qat/train/classification.py `Trainer`, whose
-subclass qat/detection/torch_train.py trains SSD / YOLOX, and qat/detection/train.py for Ultralytics) holds its
-loop and its Task adapter and takes from here:
+`qat.run.run(cfg)` trains any run by its model's task; a task's glue (qat/train/classification.py `Trainer`,
+whose subclass qat/detection/torch_train.py trains SSD / YOLOX, and qat/detection/train.py for Ultralytics)
+holds its loop and its Task adapter and takes from here (passing itself as `train`, for the parent or FP run
+of the same model):
 - `start_point`: where a run starts: fresh, resumed (`--resume`: from its `checkpoint.pt`, or from
   `trained.pt` when it was killed in the post steps) or branched from its recipe's parent (`Recipe.branch_from`)
   at τ (`checkpoint_tau.pt`) or at the end (`trained.pt`); the parent is checked, or trained first;
@@ -45,18 +46,6 @@ class Start:
         return f"branched from {self.path}" if self.kind == "branch" else "fresh"
 
 
-def run(cfg) -> dict:
-    """Train the run `cfg` describes (or return its result when it finished already) through its task's glue."""
-    if cfg.task == "ultralytics":
-        from ..detection.train import train_detector
-        return train_detector(cfg)
-    if cfg.task == "detection":
-        from ..detection.torch_train import TorchDetectionTrainer as trainer
-    else:
-        from ..train.classification import Trainer as trainer
-    return trainer(cfg).run()
-
-
 def tau_epoch(epochs: int, ead_fraction: float) -> int:
     """τ in epochs: the ScaleGrad phase is the first (1 - ead_fraction) of the QAT epochs, rounded (paper: 80 of
     100), and ends before the last epoch when there is an EAD phase at all, so a short run (2 epochs: round(1.6)
@@ -65,9 +54,9 @@ def tau_epoch(epochs: int, ead_fraction: float) -> int:
     return min(tau, epochs - 1) if epochs > 1 and ead_fraction > 0 else tau
 
 
-def start_point(cfg, logged=lambda c: c.to_dict(), barrier=lambda: None, announce=print) -> Start:
+def start_point(cfg, train, barrier=lambda: None, announce=print) -> Start:
     """Where the QAT or FP run `cfg` starts (module docstring); a branch's parent is checked against what it
-    would be trained with now (`logged(parent config)`), or trained first. An unfinished run without --resume is
+    would be trained with now, or trained first (`train(parent config)`). An unfinished run without --resume is
     refused."""
     run_dir = cfg.run_dir
     last, trained = run_dir / CHECKPOINT, run_dir / TRAINED
@@ -87,10 +76,10 @@ def start_point(cfg, logged=lambda c: c.to_dict(), barrier=lambda: None, announc
         parent = replace(parent, out=str(Path(cfg.out).parent / parent_recipe.replace("/", "_")))
     path = parent.run_dir / (TAU_CHECKPOINT if point == "tau" else TRAINED)
     if path.is_file():  # (a parent run trained here checks its directory itself)
-        check_parent(parent.run_dir, logged(parent), cfg.recipe, point)
+        check_parent(parent.run_dir, parent.to_dict(), cfg.recipe, point)
     else:
         announce(f"[qat] {cfg.recipe} branches from {parent_recipe} at {point}: running it first")
-        run(parent)
+        train(parent)
         barrier()
     if not path.is_file():
         raise FileNotFoundError(f"parent run {parent.run_dir} left no {path.name}")
@@ -104,8 +93,8 @@ def fp_config(cfg):
                    table=FP_TABLE, **{k: None for k in ("train_subset", "fraction") if hasattr(cfg, k)})
 
 
-def fp_weights(cfg, cache: Path, recorded_budgets, barrier=lambda: None, announce=print) -> Path:
-    """The FP checkpoint a QAT run quantizes: --fp-checkpoint, else `cache`, trained first by `fp_config(cfg)`
+def fp_weights(cfg, cache: Path, recorded_budgets, train, barrier=lambda: None, announce=print) -> Path:
+    """The FP checkpoint a QAT run quantizes: --fp-checkpoint, else `cache`, trained first by `train(fp_config(cfg))`
     when missing (presets without FP budgets need --fp-checkpoint). A cached model trained with other FP
     budgets than the preset sets now is refused; `recorded_budgets(path)`: the preset values stored with it."""
     path = Path(cfg.fp_checkpoint) if cfg.fp_checkpoint else Path(cache)
@@ -114,7 +103,7 @@ def fp_weights(cfg, cache: Path, recorded_budgets, barrier=lambda: None, announc
             raise FileNotFoundError(f"FP checkpoint not found: {path} (the {cfg.preset} preset needs "
                                     f"--fp-checkpoint with the model's trained FP weights)")
         announce(f"[qat] no cached FP model at {path}: training it first")
-        run(fp_config(cfg))
+        train(fp_config(cfg))
         barrier()
     if not path.is_file():
         raise FileNotFoundError(f"FP checkpoint not found: {path}")

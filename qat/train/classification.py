@@ -184,7 +184,7 @@ class Trainer:
         c = self.cfg
         model = self.build_net()
         path = fp_weights(c, self.fp_cache(), lambda p: ckpt.load(p, mmap=True).get("config", {}).get("preset_values"),
-                          barrier, _announce)
+                          self._train_other, barrier, _announce)
         self.fp_stored = None if c.fp_checkpoint else ckpt.load(path)  # our cache: read once, kept for its metric
         try:
             model.load_state_dict(self.fp_stored["model"] if self.fp_stored else ckpt.load_model_weights(path))
@@ -288,7 +288,7 @@ class Trainer:
         recipe = None if c.is_fp else get_recipe(c.recipe)
         epochs = self.epochs()
         tau_epoch = self.tau_epoch()
-        start = start_point(c, barrier=barrier, announce=_announce)  # trains a missing parent first
+        start = start_point(c, self._train_other, barrier, _announce)  # trains a missing parent first
         state_ckpt = ckpt.load(start.path) if start.path else None
 
         if c.is_fp:
@@ -388,6 +388,10 @@ class Trainer:
 
         result = self.finish(model, hooks, state, report)
         return result
+
+    def _train_other(self, cfg: RunConfig) -> dict:
+        """Train the parent or the FP run of this run's model (the same task)."""
+        return type(self)(cfg).run()
 
     def train_epoch(self, train_model, optimizer, hooks, state: TrainState, epoch: int, epochs: int) -> dict:
         c, model = self.cfg, bare(train_model)
