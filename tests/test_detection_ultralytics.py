@@ -9,6 +9,7 @@ from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det
 from qat.modules import QuantConv2d, convert, quant_layers
 from qat.prepare.bn_fold import fold_batchnorm
 from qat.config import RunConfig
+from qat.loop import qat_step
 
 pytest.importorskip("ultralytics")
 
@@ -93,10 +94,14 @@ def run_trainer(data, tmp_path, run: RunConfig, epochs=1, eval_fp=True, **overri
     return trainer
 
 
-def test_smoke_qat_run_reports_map(tiny_data, tmp_path):
+def test_smoke_qat_run_reports_map(tiny_data, tmp_path, monkeypatch):
+    import qat.detection.ultralytics_qat as ultralytics_qat
+    steps = []  # the trainer's optimizer steps go through qat.loop.qat_step, its scaler and clipping as options
+    monkeypatch.setattr(ultralytics_qat, "qat_step", lambda *a, **kw: steps.append(kw) or qat_step(*a, **kw))
     run = RunConfig(recipe="lsq", bits=4, wandb=False, **NO_DATA_PREP)
     trainer = run_trainer(tiny_data, tmp_path, run)
     trainer.train()
+    assert len(steps) == 2 and all(kw["clip_norm"] == 10.0 and kw["scaler"] is trainer.scaler for kw in steps)
     r = trainer.results
     for key in ("fp_map", "fp_map_prologue", "init_map", "map_trained", "map", "map50"):
         assert 0.0 <= r[key] <= 100.0, key
