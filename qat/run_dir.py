@@ -6,8 +6,8 @@ Every run (the classification Trainer, which the torch detectors share, and `tra
   process ends, `kill -9` included. A second process on the same directory gets `RunBusy` (the CLIs print one
   `error:` line and exit with BUSY_EXIT), or, when $QAT_WAIT_FOR_LOCK is set (the launcher sets it), waits
   for the lock and then goes on as usual: finished already, or resuming what the other process left.
-- identity: the configuration recorded in the directory (`config.json`, written by the first run there; for
-  runs made before it, the config of its W&B run) must train what this run asks for
+- identity: the configuration recorded in the directory (`config.json`, written by the first run there) must
+  train what this run asks for
   (run_reuse.identity_differences); otherwise a ValueError names the keys that differ. A finished or
   half-trained run of other settings is never returned or resumed as this one.
 `finished_result(run_dir)` is a finished run's result.json, and raises when the run finished but its W&B
@@ -100,19 +100,14 @@ def _records(run_dir: Path) -> tuple[list[RunRecord], list[str]]:
 
 
 def recorded_config(run_dir: Path) -> dict | None:
-    """The configuration a run directory was trained with: its config.json, else (runs made before it was
-    written) its newest W&B run's config; None when it holds no run."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not _holds_run(run_dir):
+    """The configuration a run directory was trained with (its config.json); None when it holds no run."""
+    path = Path(run_dir) / CONFIG_NAME
+    if not path.is_file() or not _holds_run(Path(run_dir)):
         return None
-    path = run_dir / CONFIG_NAME
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            raise ValueError(f"{path} is unreadable: delete the run directory {run_dir} to train it again") from None
-    records = [r for r in _records(run_dir)[0] if r.config]
-    return max(records, key=lambda r: r.start_time).config if records else None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path} is unreadable: delete the run directory {run_dir} to train it again") from None
 
 
 def _describe(diff: dict) -> str:
