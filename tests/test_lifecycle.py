@@ -85,6 +85,9 @@ def test_one_config_class_and_one_cli_for_every_task(capsys):
         assert type(cfg) is RunConfig and cfg.task == task and cfg.presets is PRESETS[task]
         assert (cfg.cle, cfg.workers, cfg.batch_size) == (cle, workers, 4) and "batch_size" in cfg.to_dict()["preset_values"]
     assert all("batch_size" in budgets and "batch" not in budgets for table in PRESETS.values() for budgets in table.values())
+    # gradient clipping is a budget of the task's presets (Ultralytics' 10, none elsewhere), read by every loop
+    assert {task: {b["clip_norm"] for b in table.values()} for task, table in PRESETS.items()} == \
+        {"classification": {None}, "detection": {None}, "ultralytics": {10.0}}
     assert parse_config(["--no-cle"]).cle is False and parse_config(["--model", "yolov8n", "--cle"]).cle is True
     with pytest.raises(SystemExit) as e:  # an option the model's task does not read is refused, not ignored
         parse_config(["--model", "mobilenetv2", "--fraction", "0.5"])

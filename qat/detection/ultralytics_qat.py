@@ -375,7 +375,8 @@ class QATDetectionTrainer(DetectionTrainer):
             return
         self.state.epoch = self.epoch
         # Ultralytics' loop ran the (scaled) backward, the hooks' extra loss included (QATDetectionModel.loss)
-        qat_step(None, self.optimizer, self.hooks, self.state, self._steps, scaler=self.scaler, clip_norm=10.0,
+        qat_step(None, self.optimizer, self.hooks, self.state, self._steps, scaler=self.scaler,
+                 clip_norm=self.run_spec.preset_value("clip_norm"),
                  clip_params=self.model.parameters())
         self._check_stop()
 

@@ -397,6 +397,7 @@ class Trainer:
         c, model = self.cfg, bare(train_model)
         model.train()
         steps = step_parameters(model)
+        clip_norm = None if c.is_fp else c.preset_value("clip_norm")
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
@@ -406,7 +407,7 @@ class Trainer:
         t0 = time.time()
         for i, batch in enumerate(bar):
             loss, n, batch_correct = self.batch_loss(train_model, self.move(batch))
-            qat_step(loss, optimizer, hooks, state, steps)
+            qat_step(loss, optimizer, hooks, state, steps, clip_norm=clip_norm)
             self.global_step = state.iteration
             loss_sum += loss.detach() * n
             if batch_correct is not None:
