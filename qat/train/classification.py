@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..config import FP_TABLE, RunConfig, check_fp_budgets, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
+from ..freeze import without_layer_statistics
 from ..hooks import TrainState
 from ..logging.fig1_traces import Fig1TraceHook
 from ..logging.schema import epoch_lr, prologue_metrics, run_config, summary_values
@@ -509,8 +510,7 @@ class Trainer:
                 result[key] = report.get(key)
             result.update({k: v for k, v in report.items() if k.startswith("cle_")})
             for h in hooks:
-                result.update({k: v for k, v in h.epoch_metrics(state).items() if not k.startswith("osc/") or
-                               k == "osc/fraction_oscillating"})
+                result.update(without_layer_statistics(h.epoch_metrics(state)))
             task = ClassificationTask(self)
             post_steps = make_post_steps(get_recipe(c.recipe), self._post_cfg())
             for post in post_steps:
