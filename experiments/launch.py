@@ -4,8 +4,8 @@
 Every (model, bits, seed, recipe) becomes one `python -m qat.train` (classification) or
 `python -m qat.detection` (detection) run in its own process: a finished run is skipped (with a warning
 when it finished with other training settings than the launcher gives it now), a killed one
-resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (parents
-are ordered first). A run that another table of
+resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (the launcher
+orders parents first from `Recipe.branch_from`, whatever the config's order). A run that another table of
 the same preset has finished with the same training configuration is reused instead of trained again
 (experiments/reuse.py): the cell's run directory gets a pointer to that run, from which the table makers
 fill the cell. Extra arguments pass through to every run; they are checked with the runs'
@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from qat.cli import OneLineErrorParser, device_option, positive_int
 from qat.config import FP_TABLE, PRESETS, fp_cache_path, fp_run_dir, run_name, runs_root
 from qat.detection.torch_detectors import TORCH_DETECTORS
+from qat.recipes import RECIPES
 from qat.run_dir import WAIT_ENV, locked_by_other, run_finished
 
 from .child_processes import run_child, stop_children_on_signals
@@ -67,11 +68,29 @@ class RunSpec:
         return run_finished(self.run_dir)
 
 
+def parents_first(recipes: list[str]) -> list[str]:
+    """`recipes` in their order, except that each comes after the recipe it branches from when that is listed
+    too (`Recipe.branch_from`): a branch starts from its parent's checkpoint."""
+    ordered: list[str] = []
+
+    def add(name: str) -> None:
+        if name in ordered:
+            return
+        parent = RECIPES[name].branch_from
+        if parent is not None and parent[0] in recipes:
+            add(parent[0])
+        ordered.append(name)
+
+    for name in recipes:
+        add(name)
+    return ordered
+
+
 def plan(cfg: dict, seeds: list[int], preset: str, models: list[str] | None = None) -> list[RunSpec]:
-    """Runs in an order where every branch's parent comes first (the config lists recipes in that order)."""
+    """The table's runs, every branch after its parent (parents_first)."""
     chosen = models or cfg["models"]
     return [RunSpec(cfg["table"], m, r, b, s, preset) for m in chosen for b in cfg["bits"] for s in seeds
-            for r in cfg["recipes"]]
+            for r in parents_first(cfg["recipes"])]
 
 
 def run_args(spec: RunSpec, preset: str, device: str, extra: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ DETECTORS = ULTRALYTICS_DETECTORS | set(TORCH_DETECTORS)  # SSD / YOLOX: our loo
 CONFIG_KEYS = {
     "table": "the table's name: W&B group and run-directory prefix",
     "models": "classifiers and detectors (qat/models, qat/detection)",
-    "recipes": "recipes (qat/recipes.py), parents before the recipes that branch from them",
+    "recipes": "recipes (qat/recipes.py), in any order (the launcher trains parents before their branches)",
     "bits": "bit-widths, 2-8",
     "seeds": "seeds, integers >= 0 (default [0]; SEEDS / --seeds override)",
     "extra_args": "per preset, arguments passed to every run",

@@ -330,6 +330,22 @@ point_to(root / "table5/yolov8n/lsq/w4a4/s0", root / name)
     assert not list((tmp_path / "fig").glob("fig1_*yolov8n*"))
 
 
+def test_launcher_orders_branches_after_their_parents_whatever_the_config_order(tmp_path, monkeypatch, capsys):
+    """Recipe.branch_from orders a table's runs: a config listing children first still trains each parent first,
+    and keeps its own order otherwise."""
+    from experiments.launch import main
+    config = tmp_path / "config.yaml"
+    config.write_text("table: torder\nmodels: [mobilenetv2]\nbits: [4]\nrecipes: [scalegrad+ead+adaround, "
+                      "scalegrad+ead+afw, scalegrad+ead, lsq, scalegrad]\n")
+    for var in ("SEEDS", "MODELS", "RECIPES", "PRESET"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
+    assert main([str(config), "--dry-run", "--preset", "smoke"]) == 0
+    order = [line.split()[line.split().index("--recipe") + 1] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("todo ")]
+    assert order == ["scalegrad", "scalegrad+ead", "scalegrad+ead+adaround", "scalegrad+ead+afw", "lsq"]
+
+
 def test_table_makers_import_neither_torch_nor_the_launcher(tmp_path):
     """The table makers read run directories through qat.logging.run_reader: importing every one of them loads no
     torch, no launcher and no run configuration."""
