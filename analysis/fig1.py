@@ -20,10 +20,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from qat.logging.run_reader import RunRecord, by_name, read_local_runs
 
-from qat.logging.run_reader import RunRecord, by_name, read_local_runs  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 NEAR_BOUNDARY = 0.05  # (b) zoom: weights whose w/s comes this close to a bin boundary
 RECIPE_NAMES = {"scalegrad+ead+afw": "ours (ScaleGrad+EAD+AFW)", "ours": "ours (ScaleGrad+EAD+AFW)", "lsq": "LSQ"}

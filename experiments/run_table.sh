@@ -10,7 +10,7 @@ cd "$REPO"
 source scripts/setup.sh || exit 1
 experiment="$1" table="$2"
 shift 2
-python -m qat.experiments "experiments/$experiment/config.yaml" "$@"
+python -m experiments.launch "experiments/$experiment/config.yaml" "$@"
 status=$?
 # Exit 2: the launcher refused its input (config, SEEDS, ...) and ran nothing; the table stays as it was.
 (( status == 2 )) && exit 2

@@ -66,16 +66,54 @@ def attach_trackers(model, momentum: float = 0.001, max_bits: int = 4) -> None:
             layer.weight_quant.tracker = OscillationTracker(momentum)
 
 
-class OscillationTrackingHook(TrainingHook):
-    """Installs trackers and logs per-layer oscillation statistics each epoch (SPEC §4)."""
+def is_depthwise(layer) -> bool:
+    return getattr(layer, "groups", 1) > 1 and layer.groups == getattr(layer, "in_channels", 0)
 
-    def __init__(self, momentum: float = 0.001, threshold: float = 0.005):
-        self.momentum, self.threshold = momentum, threshold
+
+class OscillationTrackingHook(TrainingHook):
+    """Installs trackers and logs per-layer oscillation statistics each epoch (SPEC §4).
+
+    Besides the EMA statistic it counts each weight's oscillations over the last `window` share of the
+    iterations (from the counts at the window's start): `osc/late_fraction` is the share of low-bit weights
+    whose rate there, oscillations per iteration, exceeds the final freeze threshold f_th(T) of their bit-width
+    (0.01 / 0.011) — the phenomenon the methods target, measured where training should have settled.
+    Depthwise layers and the rest are reported apart (`osc/late_fraction_depthwise`, `_other`)."""
+
+    def __init__(self, momentum: float = 0.001, threshold: float = 0.005, window: float = 0.2):
+        self.momentum, self.threshold, self.window = momentum, threshold, window
         self.model = None
+        self.window_start: int | None = None       # iteration t at which the late window began
+        self.counts_at_start: dict[str, torch.Tensor] = {}
 
     def on_train_start(self, state: TrainState) -> None:
         self.model = state.model
         attach_trackers(state.model, self.momentum)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, state: TrainState) -> None:
+        if self.window_start is not None or state.progress < 1 - self.window:
+            return
+        self.window_start = state.iteration
+        self.counts_at_start = {name: layer.weight_quant.tracker.count.to(torch.int32)
+                                for name, layer in low_bit_layers(state.model)
+                                if layer.weight_quant.tracker is not None and layer.weight_quant.tracker.count is not None}
+
+    def late_metrics(self, state: TrainState) -> dict:
+        span = state.iteration - (self.window_start or 0)
+        if self.window_start is None or span <= 0:
+            return {}
+        above = {"depthwise": [0, 0], "other": [0, 0]}
+        for name, layer in low_bit_layers(state.model):
+            if name not in self.counts_at_start:
+                continue
+            rate = (layer.weight_quant.tracker.count - self.counts_at_start[name]).float() / span
+            kind = above["depthwise" if is_depthwise(layer) else "other"]
+            kind[0] += int((rate > freeze_threshold(1.0, layer.weight_quant.bits)).sum())
+            kind[1] += rate.numel()
+        total = sum(n for _, n in above.values())
+        out = {"osc/late_iterations": span, "osc/late_fraction": sum(k for k, _ in above.values()) / max(1, total)}
+        out.update({f"osc/late_fraction_{kind}": k / n for kind, (k, n) in above.items() if n})
+        return out
 
     def epoch_metrics(self, state: TrainState) -> dict:
         out, fractions = {}, []
@@ -90,19 +128,34 @@ class OscillationTrackingHook(TrainingHook):
         if fractions:
             total = sum(n for _, n in fractions)
             out["osc/fraction_oscillating"] = sum(f * n for f, n in fractions) / total
+        out.update(self.late_metrics(state))
         return out
 
     def state_dict(self) -> dict:
         if self.model is None:
             return {}
-        return {name: layer.weight_quant.tracker.state_dict() for name, layer in low_bit_layers(self.model)
-                if layer.weight_quant.tracker is not None}
+        state = {name: layer.weight_quant.tracker.state_dict() for name, layer in low_bit_layers(self.model)
+                 if layer.weight_quant.tracker is not None}
+        if self.window_start is not None:
+            state[LATE_WINDOW_KEY] = {"start": self.window_start, "counts": self.counts_at_start}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        late = state.get(LATE_WINDOW_KEY)
+        if late is not None:
+            self.window_start, self.counts_at_start = late["start"], late["counts"]
         for name, layer in low_bit_layers(self.model):
             if name in state:
                 layer.weight_quant.tracker = OscillationTracker()
                 layer.weight_quant.tracker.load_state_dict(state[name])
+
+
+LATE_WINDOW_KEY = "_late_window"  # not a layer name: the late window's start and its counts
+
+
+def without_layer_statistics(metrics: dict) -> dict:
+    """A hook's epoch metrics less the per-layer oscillation ones (`osc/<layer>/...`): what a run's result keeps."""
+    return {k: v for k, v in metrics.items() if not (k.startswith("osc/") and k.count("/") > 1)}
 
 
 class FreezeHook(TrainingHook):

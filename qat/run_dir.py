@@ -20,15 +20,13 @@ import fcntl
 import json
 import os
 import sys
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from .logging.run_reader import RunRecord, read_local_runs
+from .logging.run_reader import CONFIG_NAME, run_problem
 from .run_reuse import identity_differences
 
 LOCK_NAME = ".lock"
-CONFIG_NAME = "config.json"
 BUSY_EXIT = 75  # EX_TEMPFAIL: another process trains this run; try again when it has ended
 WAIT_ENV = "QAT_WAIT_FOR_LOCK"
 
@@ -91,14 +89,6 @@ def _holds_run(run_dir: Path) -> bool:
     return any(p.name not in (LOCK_NAME, CONFIG_NAME, CONFIG_NAME + ".tmp") for p in run_dir.iterdir())
 
 
-def _records(run_dir: Path) -> tuple[list[RunRecord], list[str]]:
-    """The W&B runs under `run_dir` and the files that could not be read at all."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        records = read_local_runs(run_dir, with_history=False)
-    return records, [str(w.message) for w in caught]
-
-
 def recorded_config(run_dir: Path) -> dict | None:
     """The configuration a run directory was trained with (its config.json); None when it holds no run."""
     path = Path(run_dir) / CONFIG_NAME
@@ -131,37 +121,6 @@ def check_parent(parent_dir: Path, expected: dict, branch: str, point: str) -> N
         raise ValueError(f"{branch} branches from {parent_dir} at {point}, but that run was trained with other "
                          f"settings: {_describe(diff)}; delete it to train it again with these settings, or "
                          f"pass another --table (or --out)")
-
-
-def _logs_wandb(config: dict | None) -> bool:
-    return bool(config and config.get("wandb", False))
-
-
-def run_problem(run_dir: Path, records: list[RunRecord] | None = None) -> str | None:
-    """Why a run directory holding result.json is not a finished run the tables can read (its W&B record is
-    damaged, cut short or absent); None when it is one, or when it logged no W&B run. `records`: the W&B runs
-    read already (those under `run_dir` are used), else its files are read here."""
-    if records is None:
-        records, unreadable = _records(run_dir)
-    else:
-        records, unreadable = [r for r in records if _under(r, Path(run_dir))], []
-    if any(r.finished for r in records):
-        return None
-    damage = [d for r in records for d in r.damage]
-    if damage:
-        return f"its W&B file is damaged ({damage[0]})"
-    if unreadable:
-        return f"its W&B file is unreadable ({unreadable[0]})"
-    if records:
-        last = max(records, key=lambda r: r.start_time)
-        return f"its W&B file {last.path.split(';')[-1]} ends before the run's end (truncated?)"
-    if _logs_wandb(recorded_config(run_dir)):
-        return "it holds no W&B run file"
-    return None
-
-
-def _under(record: RunRecord, run_dir: Path) -> bool:
-    return any(Path(p).is_relative_to(run_dir) for p in record.path.split(";"))
 
 
 def finished_result(run_dir: Path) -> dict | None:

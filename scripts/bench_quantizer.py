@@ -45,8 +45,6 @@ if "--thp" in sys.argv[:-1]:
 import torch  # noqa: E402
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 from qat import kernels  # noqa: E402
 from qat.freeze import attach_trackers  # noqa: E402
 from qat.functional import int_grid, lsq_fake_quant, lsq_grad_scale  # noqa: E402

@@ -13,11 +13,8 @@ import argparse
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from qat.data.fmnist_det import PRESETS, FMNISTDetConfig, build_fmnist_det  # noqa: E402
+from qat.data.fmnist_det import PRESETS, FMNISTDetConfig, build_fmnist_det
 
 
 def main(argv=None) -> int:

@@ -34,6 +34,17 @@ if [[ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; then
   "$VENV/bin/python" -m pip install -q --no-deps -r "$REPO/requirements-nodeps.txt" >&2
   echo "$want" > "$STAMP"
 fi
+# The qat package itself, editable (pyproject.toml), so that any script or notebook run with this venv's python
+# imports it without path edits; its own stamp, so that a venv made before pyproject.toml gets it once.
+QAT_STAMP="$VENV/.qat-editable.sha256"
+want_qat="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+if [[ "$(cat "$QAT_STAMP" 2>/dev/null)" != "$want_qat" ]]; then
+  echo "[setup] installing qat into $VENV (pip install -e .)" >&2
+  # the venv's setuptools builds it offline; an older one without PEP 660 support: an isolated build
+  "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$REPO" >&2 2>/dev/null ||
+    "$VENV/bin/python" -m pip install -q --no-deps -e "$REPO" >&2
+  echo "$want_qat" > "$QAT_STAMP"
+fi
 
 # Fashion-MNIST: the Debian package when we can install it, else torchvision's downloader into $QAT_DATA.
 FMNIST_DEB=/usr/share/datasets/fashion-mnist
@@ -60,5 +71,6 @@ export WANDB_CONFIG_DIR="${WANDB_CONFIG_DIR:-$QAT_STATE/wandb-config}" WANDB_DAT
 export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$QAT_STATE/ultralytics}" YOLO_OFFLINE=1 YOLO_AUTOINSTALL=false
 export MPLCONFIGDIR="${MPLCONFIGDIR:-$QAT_STATE/matplotlib}" TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$QAT_STATE/inductor}"
 export THP_MEM_ALLOC_ENABLE="${THP_MEM_ALLOC_ENABLE:-1}"  # transparent huge pages for big CPU buffers (docs/PERFORMANCE.md)
+# qat is installed in .venv; this checkout still comes first where several checkouts share one venv.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PATH="$VENV/bin:$PATH"

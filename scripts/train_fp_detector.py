@@ -11,11 +11,8 @@ preset load; the run itself is under runs/fp/{model}/fp/s{seed}. A finished run 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from qat.cli import main  # noqa: E402
+from qat.cli import main
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

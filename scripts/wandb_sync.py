@@ -19,11 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from qat.config import FP_TABLE
+from qat.logging.run_logger import DEFAULT_PROJECT
 
-from qat.config import FP_TABLE  # noqa: E402
-from qat.logging.run_logger import DEFAULT_PROJECT  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def offline_run_dirs(root: Path) -> list[Path]:

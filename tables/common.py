@@ -1,5 +1,7 @@
 """Shared code of the table makers: read runs (local W&B files or the W&B API), aggregate seeds,
 render Markdown / LaTeX / CSV. A cell is filled only from finished runs; otherwise it says "missing".
+The table makers read run directories only, through qat.logging.run_reader (no torch, no launcher): a cell the
+launcher filled with another table's identical run holds a pointer to that run (`reused_from.json`).
 
 Each preset's tables go to their own folder (`tables/out/<preset>/`) and name the preset in their title, so a
 smoke run never overwrites a proxy table."""
@@ -14,14 +16,13 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-try:  # the project's packages (scripts/setup.sh's .venv); outside it, one line instead of a traceback
+try:  # the project's packages (scripts/setup.sh's .venv, qat installed there); outside it, one line, no traceback
     import yaml
-    import qat.experiments  # noqa: F401  (borrowed_runs plans the tables' runs: torch, tqdm)
-    from qat.logging.run_reader import by_name, read_api_runs, read_local_runs
+    from qat.logging.run_reader import (REUSED_FROM_NAME, by_name, finished_record, read_api_runs, read_local_runs,
+                                        reused_source, run_problem)
 except ModuleNotFoundError as e:
-    if (e.name or "").partition(".")[0] == "qat":
+    if (e.name or "").startswith("qat."):  # a module of the installed package itself: a bug, not the setup
         raise
     sys.exit(f"error: the table makers need the project's Python packages, and {e.name!r} is not installed for "
              f"{sys.executable}: run `source scripts/setup.sh` first (it creates .venv and puts it on PATH)")
@@ -58,31 +59,24 @@ def table_preset(runs: dict, preset: str) -> str:
 def load_runs(args, table: str) -> dict:
     """name → RunRecord of the table's runs (newest finished run per name).
 
-    Local runs only (not with --wandb): a cell of the table's plan with no finished run of its own takes an
-    identical finished run of another table of the same preset (`borrowed_runs`), under the table's own name.
-    With --runs, other tables are looked for beside it when it is a `<preset>/<table>` directory.
+    Local runs only (not with --wandb): a cell with no finished run of its own whose directory points to the
+    identical run of another table that the launcher reused (`reused_runs`) takes that run, under the table's
+    own name.
     """
     if args.wandb:
         records = read_api_runs(args.wandb, filters={"group": table, "config.preset": args.preset}, history=False)
         return {name: rec for name, rec in by_name(records).items() if rec.group == table}
-    preset = args.preset
-    preset_dir = Path(os.environ.get("QAT_RUNS", REPO / "runs")) / preset
-    root = args.runs or preset_dir / table
+    root = args.runs or Path(os.environ.get("QAT_RUNS", REPO / "runs")) / args.preset / table
     records = read_local_runs(root, with_history=False) if root.is_dir() else []  # tables read summaries
     warn_unreadable(root, records)
     runs = {name: rec for name, rec in by_name(records).items() if rec.group == table}
-    if args.runs is not None:
-        if args.runs.name != table:
-            return runs
-        preset_dir, preset = args.runs.parent, args.runs.parent.name
-    return {**runs, **borrowed_runs(runs, table, preset, preset_dir)}
+    return {**runs, **reused_runs(runs, table, root)}
 
 
 def warn_unreadable(root: Path, records: list) -> None:
     """Name on stderr each run under `root` whose record could not be read (its cell says missing): a run
     directory holding result.json without a complete W&B record (damaged, cut short; qat/run_dir.py), and any
     other run whose W&B file is damaged."""
-    from qat.run_dir import run_problem
     named = []
     for done in sorted(root.rglob("result.json")) if root.is_dir() else []:
         problem = run_problem(done.parent, records)
@@ -96,31 +90,24 @@ def warn_unreadable(root: Path, records: list) -> None:
                   file=sys.stderr)
 
 
-def borrowed_runs(own: dict, table: str, preset: str, preset_dir: Path) -> dict:
-    """Run name → record of another table's identical finished run (qat/run_reuse.py), for each cell of the
-    table's plan (experiments/*/config.yaml; its seeds and those of the table's own runs) that has no finished
-    run of its own. A detector cell is compared with the options of the table's own runs of that model and
-    recipe, if any, else with the defaults."""
-    from qat.experiments import load_config, plan
-    from qat.run_reuse import default_config, find_identical_record
-
-    seeds = {int(s) for s in (n.rsplit("/s", 1)[-1] for n in own) if s.isdigit()}
-    specs = []
-    for path in sorted((REPO / "experiments").glob("*/config.yaml")):
-        cfg = load_config(path)
-        if cfg["table"] == table:
-            specs += plan(cfg, sorted(seeds | set(cfg.get("seeds", [0]))), preset)
-    borrowed = {}
-    for s in dict.fromkeys(specs):
-        if s.name in own and own[s.name].finished:
+def reused_runs(own: dict, table: str, root: Path) -> dict:
+    """Run name → record of the run another table finished, for each cell under `root` (the table's runs) whose
+    directory holds the launcher's pointer to it and no finished run of its own. A pointer to a run that is
+    not (or no longer) finished is named in a warning; its cell shows missing."""
+    reused = {}
+    for pointer in sorted(root.rglob(REUSED_FROM_NAME)) if root.is_dir() else []:
+        cell = pointer.parent
+        name = f"{table}/{cell.relative_to(root).as_posix()}"
+        if name in own and own[name].finished:
             continue
-        like = next((r.config for n, r in sorted(own.items())
-                     if r.finished and n.startswith(f"{table}/{s.model}/{s.recipe}/")), None)
-        expected = default_config(preset, table, s.model, s.recipe, s.bits, s.seed, like)
-        found = find_identical_record(preset, table, s.model, s.recipe, s.bits, s.seed, expected, preset_dir)
-        if found:
-            borrowed[s.name] = found[1]
-    return borrowed
+        source = reused_source(cell)
+        record = finished_record(source) if source is not None else None
+        if record is None:
+            print(f"warning: run {name} was reused from {source or pointer}, which holds no finished run; its cell "
+                  f"shows missing", file=sys.stderr)
+            continue
+        reused[name] = record
+    return reused
 
 
 def reuse_notes(runs: dict, table: str) -> list[str]:

@@ -157,13 +157,13 @@ def launcher_env(tmp_path, monkeypatch):
 ])
 def test_launcher_refuses_bad_input_before_any_work(changes, argv, env, named, launcher_env, monkeypatch, no_gpu,
                                                     capsys):
-    from qat import experiments
+    from experiments import launch
     for var, value in env.items():
         monkeypatch.setenv(var, value)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("the launcher started a run"))
     code = None
     try:
-        code = experiments.main([str(write_config(launcher_env, **changes)), "--preset", "smoke", *argv])
+        code = launch.main([str(write_config(launcher_env, **changes)), "--preset", "smoke", *argv])
     except SystemExit as e:  # argparse's refusals
         code = e.code
     assert code == 2
@@ -172,7 +172,7 @@ def test_launcher_refuses_bad_input_before_any_work(changes, argv, env, named, l
 
 
 def test_committed_configs_pass_the_check():
-    from qat.experiments import load_config
+    from experiments.launch_config import load_config
     for path in sorted((REPO / "experiments").glob("*/config.yaml")):
         load_config(path)
 
@@ -181,7 +181,7 @@ def test_launcher_progress_counts_fp_models_and_shows_the_run_training(launcher_
     """One FP model and two runs: 3 units; while a run trains, the bar names it."""
     import tqdm.auto
 
-    from qat import experiments
+    from experiments import launch
     bars = []
     init = tqdm.auto.tqdm.__init__
 
@@ -196,9 +196,9 @@ def test_launcher_progress_counts_fp_models_and_shows_the_run_training(launcher_
         seen.append((cmd[cmd.index("--recipe") + 1], bars[-1].n, str(bars[-1].postfix)))
         return 0
 
-    monkeypatch.setattr(experiments, "run_child", fake_run)
+    monkeypatch.setattr(launch, "run_child", fake_run)
     path = write_config(launcher_env, seeds=[0, 1])
-    assert experiments.main([str(path), "--preset", "smoke", "--device", "cpu", "--jobs", "1"]) == 0
+    assert launch.main([str(path), "--preset", "smoke", "--device", "cpu", "--jobs", "1"]) == 0
     assert bars[-1].total == 3 and bars[-1].n == 3  # the FP model is work too
     fp, first, second = seen
     assert fp[:2] == ("fp", 0) and "training FP mobilenetv2" in fp[2]
@@ -242,13 +242,13 @@ def test_run_table_sh_leaves_the_table_alone_when_the_launcher_refuses(tmp_path)
 
 
 # ------------------------------------------------------------------------------ outside the environment
-BLOCK_TQDM = """
+BLOCK_YAML = """
 import runpy, sys
-class NoTqdm:  # a Python without tqdm
+class NoYaml:  # a Python without PyYAML
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "tqdm":
+        if name.partition(".")[0] == "yaml":
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-sys.meta_path.insert(0, NoTqdm())
+sys.meta_path.insert(0, NoYaml())
 script = sys.argv[1]
 sys.path.insert(0, str(__import__("pathlib").Path(script).parent))
 sys.argv = [script]
@@ -258,11 +258,11 @@ runpy.run_path(script, run_name="__main__")
 
 @pytest.mark.parametrize("table", [1, 2, 5])
 def test_table_maker_without_the_project_packages_says_so_in_one_line(table, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", BLOCK_TQDM, str(REPO / "tables" / f"make_table{table}.py")],
+    proc = subprocess.run([sys.executable, "-c", BLOCK_YAML, str(REPO / "tables" / f"make_table{table}.py")],
                           cwd=tmp_path, env=tool_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     line = one_error_line(proc.stderr)
-    assert "'tqdm'" in line and "source scripts/setup.sh" in line
+    assert "'yaml'" in line and "source scripts/setup.sh" in line
 
 
 def test_ultralytics_keeps_its_settings_out_of_home_without_setup_sh(tmp_path):

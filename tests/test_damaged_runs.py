@@ -14,7 +14,7 @@ from helpers import REPO, tool_env
 
 pytest.importorskip("wandb")
 
-from qat.experiments import RunSpec  # noqa: E402
+from experiments.launch import RunSpec  # noqa: E402
 from qat.logging.run_reader import read_local_runs  # noqa: E402
 
 NAME = "table5/mobilenetv2/lsq/w4a4/s0"

@@ -115,3 +115,43 @@ def test_non_integer_codes_are_stored_unchanged():
     from qat.oscillation import stored_codes
     values = torch.tensor([0.5, 1.0])
     assert stored_codes(values) is values
+
+
+def test_late_window_counts_oscillations_of_the_last_fifth_per_layer_kind():
+    """`osc/late_fraction`: weights whose oscillations per iteration over the last 20 % of training exceed the
+    final freeze threshold; a weight that oscillated only before the window does not count; depthwise apart."""
+    from qat.freeze import OscillationTrackingHook
+    from qat.hooks import TrainState
+    from qat.modules import convert, low_bit_layers
+    from qat.prepare.calibrate import calibrate_activations, init_weight_steps
+    torch.manual_seed(0)
+    model = convert(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(8, 8, 3, groups=8)), 3, quantize_first_last=True)
+    init_weight_steps(model)
+    calibrate_activations(model, [torch.randn(2, 3, 8, 8)])
+    layers = [layer for _, layer in low_bit_layers(model)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.weight.zero_()
+    hook, state = OscillationTrackingHook(), TrainState(model, total_iterations=100)
+    hook.on_train_start(state)
+    x = torch.randn(1, 3, 8, 8)
+    for t in range(100):
+        with torch.no_grad():  # element 0 oscillates every iteration in the last 20; element 1 only before
+            for layer in layers:
+                s = layer.weight_quant.step
+                layer.weight.view(-1)[0] = s * (t % 2) if t >= 80 else 0.0
+                layer.weight.view(-1)[1] = s * (t % 2) if t < 60 else 0.0
+        model(x)
+        state.iteration += 1
+        hook.after_optimizer_step(state)
+    metrics = hook.epoch_metrics(state)
+    sizes = [layer.weight.numel() for layer in layers]
+    assert metrics["osc/late_iterations"] == 20
+    assert metrics["osc/late_fraction_other"] == pytest.approx(1 / sizes[0])
+    assert metrics["osc/late_fraction_depthwise"] == pytest.approx(1 / sizes[1])
+    assert metrics["osc/late_fraction"] == pytest.approx(2 / sum(sizes))
+    resumed = OscillationTrackingHook()
+    resumed.model = model
+    resumed.load_state_dict(hook.state_dict())
+    assert resumed.epoch_metrics(state)["osc/late_fraction"] == metrics["osc/late_fraction"]

@@ -66,7 +66,7 @@ def test_identity_holds_only_what_the_recipe_reads():
 @pytest.fixture
 def launch(dirs, tmp_path, monkeypatch):
     """The launcher on a one-run table whose run command only leaves a mark (no training)."""
-    import qat.experiments as ex
+    import experiments.launch as ex
     config = tmp_path / "config.yaml"
     config.write_text("table: tident\nmodels: [mobilenetv2]\nrecipes: [lsq]\nbits: [4]\n")
     fp = dirs / "checkpoints" / "fp" / "mobilenetv2-smoke.pt"  # the FP model counts as trained

@@ -65,7 +65,7 @@ def test_under_the_launcher_a_locked_run_is_waited_for(smoke_env):
 
 LAUNCHER = """
 import os, sys
-import qat.experiments as ex
+import experiments.launch as ex
 child = [sys.executable, "-c", "import os, time; open(os.environ['CHILD_PID'], 'w').write(str(os.getpid())); time.sleep(300)"]
 ex.command = lambda *a, **k: child
 ex.fp_command = lambda *a, **k: child

@@ -221,7 +221,7 @@ def test_every_experiment_has_config_and_run_sh():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.parent.name)
 def test_config_valid_and_dry_run_orders_parents_first(path, tmp_path, monkeypatch, capsys):
-    from qat.experiments import DETECTORS, load_config
+    from experiments.launch_config import DETECTORS, load_config
     from qat.models import model_names
     from qat.recipes import get_recipe
 
@@ -245,9 +245,9 @@ def test_config_valid_and_dry_run_orders_parents_first(path, tmp_path, monkeypat
             assert set(cfg[key]) <= set(t5[key]), key
         assert {"lsq", "scalegrad+ead+afw"} <= set(cfg["recipes"])
 
-    # `python -m qat.experiments <config> --dry-run --preset smoke`, in this process (the fig1 run.sh test below
-    # runs the module through its command line)
-    from qat.experiments import main
+    # `python -m experiments.launch <config> --dry-run --preset smoke`, in this process (the fig1 run.sh test
+    # below runs the module through its command line)
+    from experiments.launch import main
     for var in ("SEEDS", "MODELS", "RECIPES", "PRESET"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
@@ -304,6 +304,9 @@ lg.log(fake_record(), step=100)
 lg.summary({{"map": 20.0}})
 lg.finish()
 (root / name / "result.json").write_text("{{}}")
+# what the launcher leaves in Table V's cell when it reuses that run (the dry run below writes nothing)
+from experiments.reuse import point_to
+point_to(root / "table5/yolov8n/lsq/w4a4/s0", root / name)
 """
     proc = subprocess.run([sys.executable, "-c", writer, str(runs_root / PRESET)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
@@ -326,10 +329,40 @@ lg.finish()
     assert not list((tmp_path / "fig").glob("fig1_*yolov8n*"))
 
 
+def test_launcher_orders_branches_after_their_parents_whatever_the_config_order(tmp_path, monkeypatch, capsys):
+    """Recipe.branch_from orders a table's runs: a config listing children first still trains each parent first,
+    and keeps its own order otherwise."""
+    from experiments.launch import main
+    config = tmp_path / "config.yaml"
+    config.write_text("table: torder\nmodels: [mobilenetv2]\nbits: [4]\nrecipes: [scalegrad+ead+adaround, "
+                      "scalegrad+ead+afw, scalegrad+ead, lsq, scalegrad]\n")
+    for var in ("SEEDS", "MODELS", "RECIPES", "PRESET"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
+    assert main([str(config), "--dry-run", "--preset", "smoke"]) == 0
+    order = [line.split()[line.split().index("--recipe") + 1] for line in capsys.readouterr().out.splitlines()
+             if line.startswith("todo ")]
+    assert order == ["scalegrad", "scalegrad+ead", "scalegrad+ead+adaround", "scalegrad+ead+afw", "lsq"]
+
+
+def test_table_makers_import_neither_torch_nor_the_launcher(tmp_path):
+    """The table makers read run directories through qat.logging.run_reader: importing every one of them loads no
+    torch, no launcher and no run configuration."""
+    code = ("import sys; sys.path.insert(0, 'tables'); import common, list_runs, paired\n"
+            + "".join(f"import make_table{n}\n" for n in MAKERS.values())
+            + "bad = sorted(m for m in sys.modules if m.partition('.')[0] in ('torch', 'experiments', 'tqdm')\n"
+              "             or (m.startswith('qat.') and not m.startswith('qat.logging')))\n"
+              "print(' '.join(bad) or 'none')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=tool_env(tmp_path), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["none"]
+
+
 def test_launcher_default_jobs_one_per_core_on_cpu_one_on_gpu(monkeypatch):
     import torch
 
-    from qat.experiments import default_jobs
+    from experiments.launch import default_jobs
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_jobs("auto") == 2 and default_jobs("cpu") == 2

@@ -26,13 +26,13 @@ def history_names(rec) -> set[str]:
 
 
 def classifier_records(tmp_path) -> dict:
-    """FP and LSQ W4A4 MobileNetV2 at the smoke preset, through `python -m qat.experiments` (as run.sh does)."""
+    """FP and LSQ W4A4 MobileNetV2 at the smoke preset, through `python -m experiments.launch` (as run.sh does)."""
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"table": "schema", "models": ["mobilenetv2"], "recipes": ["lsq"], "bits": [4]}))
     env = tool_env(tmp_path, QAT_CHECKPOINTS=tmp_path / "checkpoints")
     for var in ("SEEDS", "MODELS", "RECIPES", "PRESET", "JOBS"):
         env.pop(var, None)
-    proc = subprocess.run([sys.executable, "-m", "qat.experiments", str(config), "--preset", "smoke", "--jobs", "1",
+    proc = subprocess.run([sys.executable, "-m", "experiments.launch", str(config), "--preset", "smoke", "--jobs", "1",
                            "--epochs", "2", "--no-cle", "--no-bias-correction"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
     logs = "".join(p.read_text() for p in (tmp_path / "runs").rglob("*.log"))

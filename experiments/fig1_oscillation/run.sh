@@ -10,7 +10,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$REPO"
 source scripts/setup.sh || exit 1
 CONFIG=experiments/fig1_oscillation/config.yaml
-python -m qat.experiments "$CONFIG" "$@"
+python -m experiments.launch "$CONFIG" "$@"
 status=$?
 (( status == 2 )) && exit 2  # the launcher refused its input and ran nothing: no figure either
 PRESET="${PRESET:-proxy}"
@@ -20,18 +20,18 @@ read -r -a FIG_BITS <<< "$(python -c "import yaml; c = yaml.safe_load(open('$CON
 [[ -n "${MODELS:-}" ]] && read -r -a FIG_MODELS <<< "${MODELS//,/ }"
 SEED="$(echo "${SEEDS:-0}" | tr ',' ' ' | awk '{print $1}')"
 OUT="${FIG1_OUT:-$REPO/analysis/out}"
-# The run directories of LSQ and ours for a model and bits: Table V's own, or the identical runs of other tables
-# that the launcher reused instead; a line "missing <recipe> <dir>" for each that has no W&B run.
+# The run directories of LSQ and ours for a model and bits: Table V's own, or the identical run of another table
+# that the launcher reused instead (the pointer it left in Table V's run directory); a line
+# "missing <recipe> <dir>" for each that has no W&B run.
 runs_of() {
-  python - "$PRESET" "$RUNS" "$1" "$2" "$SEED" <<'PY'
+  python - "$RUNS" "$1" "$2" "$SEED" <<'PY'
 import sys
 from pathlib import Path
-from qat.run_reuse import find_identical_run
-preset, runs, model, bits, seed = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+from qat.logging.run_reader import reused_source
+runs, model, bits, seed = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for recipe in ("lsq", "scalegrad+ead+afw"):
     own = runs / model / recipe / f"w{bits}a{bits}" / f"s{seed}"
-    found = own if own.is_dir() and any(own.rglob("run-*.wandb")) else find_identical_run(preset, "table5", model,
-                                                                                          recipe, bits, seed)
+    found = next((d for d in (own, reused_source(own)) if d and d.is_dir() and any(d.rglob("run-*.wandb"))), None)
     print(f"run {found}" if found else f"missing {recipe} {own}")
 PY
 }

@@ -50,6 +50,7 @@ from ultralytics.utils import nms, ops
 from ultralytics.utils.torch_utils import unwrap_model
 
 from ..config import ULTRALYTICS_DETECTORS, RunConfig
+from ..freeze import without_layer_statistics
 from ..hooks import TrainState
 from ..loop import qat_step
 from ..logging.schema import epoch_lr, prologue_metrics, summary_values
@@ -526,8 +527,7 @@ class QATDetectionTrainer(DetectionTrainer):
                 res = self._val_at[1] if known else _pct(self.evaluate(model))
                 self.results = {**_summary_scalars(self.report), "map_trained": res["map"], "map50_trained": res["map50"]}
                 for h in self.hooks:
-                    self.results.update({k: v for k, v in h.epoch_metrics(self.state).items()
-                                         if not k.startswith("osc/") or k == "osc/fraction_oscillating"})
+                    self.results.update(without_layer_statistics(h.epoch_metrics(self.state)))
                 task = DetectionTask(self)
                 for post in self.post_steps:
                     LOGGER.info(f"[qat] {run.run_name}: post step {post.name}")

@@ -279,6 +279,85 @@ def by_name(records: Iterable[RunRecord]) -> dict[str, RunRecord]:
     return best
 
 
+
+# ------------------------------------------------------------------------------------------------
+# Run directories (runs/<preset>/<table>/<model>/<recipe>/w<b>a<b>/s<seed>; qat/run_dir.py writes them)
+# ------------------------------------------------------------------------------------------------
+RESULT_NAME = "result.json"  # written when a run has finished
+CONFIG_NAME = "config.json"  # the configuration the directory's run was trained with
+# Left by the launcher (experiments/reuse.py) in a cell whose run it did not train because another table of the
+# same preset finished an identical one: {"run": "<table>/<model>/<recipe>/w<b>a<b>/s<seed>"}, relative to
+# runs/<preset>/.
+REUSED_FROM_NAME = "reused_from.json"
+
+
+def read_run_dir(run_dir: str | Path) -> tuple[list[RunRecord], list[str]]:
+    """The W&B runs under `run_dir` (no history) and the messages of the files that could not be read at all."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = read_local_runs(run_dir, with_history=False)
+    return records, [str(w.message) for w in caught]
+
+
+def finished_record(run_dir: str | Path) -> RunRecord | None:
+    """The newest finished W&B run in a run directory that holds result.json; None otherwise (no history)."""
+    if not (Path(run_dir) / RESULT_NAME).is_file():
+        return None
+    done = [r for r in read_local_runs(run_dir, with_history=False) if r.finished]
+    return max(done, key=lambda r: r.start_time) if done else None
+
+
+def _under(record: RunRecord, run_dir: Path) -> bool:
+    return any(Path(p).is_relative_to(run_dir) for p in record.path.split(";"))
+
+
+def _logs_wandb(run_dir: Path) -> bool:
+    """Whether the configuration recorded in `run_dir` logs to W&B (a ValueError when it is unreadable)."""
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        return False
+    try:
+        config = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path} is unreadable: delete the run directory {run_dir} to train it again") from None
+    return bool(config and config.get("wandb", False))
+
+
+def run_problem(run_dir: str | Path, records: list[RunRecord] | None = None) -> str | None:
+    """Why a run directory holding result.json is not a finished run the tables can read (its W&B record is
+    damaged, cut short or absent); None when it is one, or when it logged no W&B run. `records`: the W&B runs
+    read already (those under `run_dir` are used), else its files are read here."""
+    run_dir = Path(run_dir)
+    if records is None:
+        records, unreadable = read_run_dir(run_dir)
+    else:
+        records, unreadable = [r for r in records if _under(r, run_dir)], []
+    if any(r.finished for r in records):
+        return None
+    damage = [d for r in records for d in r.damage]
+    if damage:
+        return f"its W&B file is damaged ({damage[0]})"
+    if unreadable:
+        return f"its W&B file is unreadable ({unreadable[0]})"
+    if records:
+        last = max(records, key=lambda r: r.start_time)
+        return f"its W&B file {last.path.split(';')[-1]} ends before the run's end (truncated?)"
+    if _logs_wandb(run_dir):
+        return "it holds no W&B run file"
+    return None
+
+
+def reused_source(run_dir: str | Path) -> Path | None:
+    """The run directory the launcher reused for this cell (its REUSED_FROM_NAME pointer), else None."""
+    run_dir = Path(run_dir)
+    try:
+        pointer = json.loads((run_dir / REUSED_FROM_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    run = pointer.get("run") if isinstance(pointer, dict) else None
+    return run_dir.parents[4] / run if isinstance(run, str) and len(run_dir.parents) > 4 else None
+
+
 # ------------------------------------------------------------------------------------------------
 # W&B API
 # ------------------------------------------------------------------------------------------------

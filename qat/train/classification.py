@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
+from ..freeze import without_layer_statistics
 from ..hooks import TrainState
 from ..logging.fig1_traces import Fig1TraceHook
 from ..logging.schema import epoch_lr, prologue_metrics, summary_values
@@ -448,8 +449,7 @@ class Trainer:
                 result[key] = report.get(key)
             result.update({k: v for k, v in report.items() if k.startswith("cle_")})
             for h in hooks:
-                result.update({k: v for k, v in h.epoch_metrics(state).items() if not k.startswith("osc/") or
-                               k == "osc/fraction_oscillating"})
+                result.update(without_layer_statistics(h.epoch_metrics(state)))
             task = ClassificationTask(self)
             post_steps = make_post_steps(get_recipe(c.recipe), post_step_methods(c.methods, c.preset_value))
             for post in post_steps:

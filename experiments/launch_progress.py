@@ -1,4 +1,4 @@
-"""The launcher's one progress bar (qat/experiments.py).
+"""The launcher's one progress bar (experiments/launch.py).
 
 One unit per FP model the launcher trains and one per run, so the bar moves while FP models train (a table's
 first minutes) and the ETA, taken from the rate of finished units, does not spread the FP time over the QAT runs

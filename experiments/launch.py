@@ -1,12 +1,14 @@
-"""Launch a table's experiments from its config (`experiments/<table>/config.yaml`).
+"""Launch a table's experiments from its config (`experiments/<table>/config.yaml`):
+`python -m experiments.launch experiments/table5_ablation/config.yaml` (run_table.sh calls it).
 
 Every (model, bits, seed, recipe) becomes one `python -m qat.train` (classification) or
 `python -m qat.detection` (detection) run in its own process: a finished run is skipped (with a warning
 when it finished with other training settings than the launcher gives it now), a killed one
-resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (parents
-are ordered first). A run that another table of the same preset has finished with the
-same training configuration is reused instead of trained again (qat/run_reuse.py), and the table makers
-fill its cell from that run. Extra arguments pass through to every run; they are checked with the runs'
+resumes (`--resume`), and recipes that share a prefix branch from their parent's checkpoint (the launcher
+orders parents first from `Recipe.branch_from`, whatever the config's order). A run that another table of
+the same preset has finished with the same training configuration is reused instead of trained again
+(experiments/reuse.py): the cell's run directory gets a pointer to that run, from which the table makers
+fill the cell. Extra arguments pass through to every run; they are checked with the runs'
 own parsers before anything starts. One progress bar with an ETA covers the whole table. A failed run is
 reported and the launcher goes on; it exits non-zero at the end if any run failed, and the table maker then
 shows that cell as missing.
@@ -14,7 +16,7 @@ shows that cell as missing.
 A run counts as finished when its result.json exists and its W&B record reads back complete
 (qat/run_dir.py). A run that another process (a second launcher) is training is waited for, not trained
 twice: each run directory is locked by the process training it. The runs die with the launcher
-(qat/child_processes.py).
+(experiments/child_processes.py).
 """
 from __future__ import annotations
 
@@ -29,18 +31,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .child_processes import run_child, stop_children_on_signals
-from .cli import OneLineErrorParser, device_option, positive_int
-from .config import FP_TABLE, REPO, fp_cache_path, fp_run_dir, run_name, runs_root
-from .presets import PRESET_NAMES
-from .detection.torch_detectors import TORCH_DETECTORS
-from .experiment_config import check_names, known_models, load_config, parse_seeds
-from .launch_progress import LaunchProgress
-from .run_dir import WAIT_ENV, locked_by_other, run_finished
-from .run_reuse import find_identical_run, trained_otherwise
+from qat.cli import OneLineErrorParser, device_option, positive_int
+from qat.config import FP_TABLE, fp_cache_path, fp_run_dir, run_name, runs_root
+from qat.presets import PRESET_NAMES
+from qat.recipes import RECIPES
+from qat.run_dir import WAIT_ENV, locked_by_other, run_finished
 
-ULTRALYTICS_DETECTORS = {"yolov8n", "yolov8s", "yolov8m", "yolov9t", "yolov9s"}
-DETECTORS = ULTRALYTICS_DETECTORS | set(TORCH_DETECTORS)  # SSD / YOLOX: our loop (qat/detection/torch_train.py)
+from .child_processes import run_child, stop_children_on_signals
+from .launch_config import DETECTORS, check_names, known_models, load_config, parse_seeds
+from .launch_progress import LaunchProgress
+from .reuse import find_identical_run, forget_source, point_to, trained_otherwise
+
+REPO = Path(__file__).resolve().parent.parent  # the runs' working directory: `python -m qat.train` finds qat here
 
 
 @dataclass(frozen=True)
@@ -66,11 +68,29 @@ class RunSpec:
         return run_finished(self.run_dir)
 
 
+def parents_first(recipes: list[str]) -> list[str]:
+    """`recipes` in their order, except that each comes after the recipe it branches from when that is listed
+    too (`Recipe.branch_from`): a branch starts from its parent's checkpoint."""
+    ordered: list[str] = []
+
+    def add(name: str) -> None:
+        if name in ordered:
+            return
+        parent = RECIPES[name].branch_from
+        if parent is not None and parent[0] in recipes:
+            add(parent[0])
+        ordered.append(name)
+
+    for name in recipes:
+        add(name)
+    return ordered
+
+
 def plan(cfg: dict, seeds: list[int], preset: str, models: list[str] | None = None) -> list[RunSpec]:
-    """Runs in an order where every branch's parent comes first (the config lists recipes in that order)."""
+    """The table's runs, every branch after its parent (parents_first)."""
     chosen = models or cfg["models"]
     return [RunSpec(cfg["table"], m, r, b, s, preset) for m in chosen for b in cfg["bits"] for s in seeds
-            for r in cfg["recipes"]]
+            for r in parents_first(cfg["recipes"])]
 
 
 def run_args(spec: RunSpec, preset: str, device: str, extra: list[str]) -> list[str]:
@@ -93,8 +113,9 @@ def fp_command(model: str, preset: str, device: str) -> list[str]:
 
 def run_config(spec: RunSpec, preset: str, device: str, extra: list[str]) -> dict:
     """The configuration the run's own CLI resolves from its command (as it logs it), parsed here with that
-    CLI's parser: a bad extra argument ends with its one `error:` line (SystemExit 2) before anything runs."""
-    from .cli import parse_config
+    CLI's parser: a bad extra argument ends with its one `error:` line (SystemExit 2) before anything runs.
+    The one place the launcher builds a run's configuration (reuse and the stale-run check compare it)."""
+    from qat.cli import parse_config
     return parse_config(run_args(spec, preset, device, extra)).to_dict()
 
 
@@ -102,12 +123,11 @@ def launcher_set_keys(spec: RunSpec, preset: str, device: str, config: dict) -> 
     """The settings the launcher gives each run itself that `config` (a run_config) has otherwise: extra
     arguments that set them (`--table`, `--seed`, an abbreviation of one...) would put the run where the
     launcher does not look for it."""
-    fields = config.get("detection_config", config)
     wanted = {"model": spec.model, "recipe": spec.recipe, "seed": spec.seed, "preset": preset, "table": spec.table,
               "device": device, "out": None, "resume": True}
     if spec.recipe != "fp":
         wanted["bits"] = spec.bits
-    return [key for key, value in wanted.items() if fields.get(key) != value]
+    return [key for key, value in wanted.items() if config.get(key) != value]
 
 
 def _error_line(log: Path) -> str:
@@ -225,9 +245,11 @@ def main(argv=None) -> int:
         for r in group:
             source = None if r.finished else reusable(r)  # checked again: another table may have finished it
             if source is not None:
+                point_to(r.run_dir, source)  # what the table makers read for this cell
                 with lock:
                     tqdm.write(f"[{cfg['table']}] reused {r.name} from {source}")
             elif not r.finished:  # a branch may have trained its parent already
+                forget_source(r.run_dir)  # a run reused here before no longer fits: this cell trains its own
                 log = log_dir / (r.name.replace("/", "__") + ".log")
                 t0 = time.time()
                 progress.start(r.name)

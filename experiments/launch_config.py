@@ -10,11 +10,15 @@ from pathlib import Path
 
 import yaml
 
+from qat.config import ULTRALYTICS_DETECTORS
+from qat.detection.torch_detectors import TORCH_DETECTORS
+
+DETECTORS = set(ULTRALYTICS_DETECTORS) | set(TORCH_DETECTORS)  # run by `python -m qat.detection` (= qat.run)
 # Every key a config may hold, with what it means; anything else is a typo (e.g. `seed:` for `seeds:`).
 CONFIG_KEYS = {
     "table": "the table's name: W&B group and run-directory prefix",
     "models": "classifiers and detectors (qat/models, qat/detection)",
-    "recipes": "recipes (qat/recipes.py), parents before the recipes that branch from them",
+    "recipes": "recipes (qat/recipes.py), in any order (the launcher trains parents before their branches)",
     "bits": "bit-widths, 2-8",
     "seeds": "seeds, integers >= 0 (default [0]; SEEDS / --seeds override)",
     "extra_args": "per preset, arguments passed to every run",
@@ -23,8 +27,7 @@ REQUIRED_KEYS = ("table", "models", "recipes", "bits")
 
 
 def known_models() -> list[str]:
-    from .experiments import DETECTORS
-    from .models import model_names
+    from qat.models import model_names
     return sorted(set(model_names()) | DETECTORS)
 
 
@@ -50,8 +53,8 @@ def _integer_list(path: Path, key: str, values, allowed: str, ok) -> None:
 
 
 def load_config(path: Path) -> dict:
-    from .presets import PRESET_NAMES
-    from .recipes import RECIPES
+    from qat.presets import PRESET_NAMES
+    from qat.recipes import RECIPES
     if not path.is_file():
         raise FileNotFoundError(f"experiment config not found: {path}")
     try:
