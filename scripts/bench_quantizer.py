@@ -21,7 +21,9 @@ more). Denormals are flushed to zero for the whole run (`--keep-denormals` to ke
 randomly initialised FP proxies otherwise produce denormals in backward that slow FP steps several-fold
 on x86, an artefact the quantized model does not have. `--thp on` sets THP_MEM_ALLOC_ENABLE=1 (PyTorch's
 CPU allocator on transparent huge pages: fresh activation-sized buffers stop costing a page fault per
-4 KiB). The CUDA section (and the 224 px MobileNetV2 step) runs only where CUDA is present.
+4 KiB). The CUDA section (and the 224 px MobileNetV2 and ResNet18 steps) runs only where CUDA is present;
+`--paper-models` puts 224 px steps on the CPU too (scripts/gpu_check.sh --cpu-smoke), and `--json PATH` writes the
+step section's numbers for scripts (scripts/gpu_check.sh prints its summary from it).
 
     source scripts/setup.sh && python scripts/bench_quantizer.py            # CPU, 2 threads (+ CUDA if present)
     python scripts/bench_quantizer.py --thp on                              # with huge-page allocations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import os
 import platform
 import statistics
@@ -53,6 +56,9 @@ from qat.modules import convert, quant_layers, set_gradient_mode  # noqa: E402
 from qat.prepare.bn_fold import fold_batchnorm  # noqa: E402
 
 
+PAPER_MODELS = ("mobilenetv2", "resnet18")  # the 224 px steps of the CUDA section
+
+
 def shape_arg(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split(","))
 
@@ -67,7 +73,10 @@ def parse_args(argv=None):
     p.add_argument("--weight-shape", type=shape_arg, default=(512, 512, 3, 3), help="ResNet18's largest conv")
     p.add_argument("--models", default="mobilenetv2,resnet18")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--paper-batch", type=int, default=128, help="batch of the 224 px MobileNetV2 (CUDA only)")
+    p.add_argument("--paper-batch", type=int, default=128, help="batch of the 224 px models")
+    p.add_argument("--paper-models", help="models of the 224 px step (ImageNet size, 1000 classes); default: "
+                   f"{','.join(PAPER_MODELS)} on CUDA, none on the CPU")
+    p.add_argument("--json", metavar="PATH", help="also write the step section's results to this JSON file")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--no-eager", action="store_true", help="skip the eager-quantizer contenders")
     p.add_argument("--skip-quantizer", action="store_true")
@@ -305,8 +314,9 @@ def peak_bytes(step, model, x, y, device) -> int:
 
 def bench_steps(args, device):
     models = [(m, "proxy", args.batch) for m in args.models.split(",") if m]
-    if device.type == "cuda":
-        models.append(("mobilenetv2", "paper", args.paper_batch))
+    paper = args.paper_models.split(",") if args.paper_models is not None else \
+        (PAPER_MODELS if device.type == "cuda" else ())
+    models += [(m, "paper", args.paper_batch) for m in paper if m]
     print(f"\n## Training step on {device.type}: QAT ({args.bits}-bit, ScaleGrad δ=0.1 k=1.0, oscillation "
           f"trackers) vs FP (same BN-folded model); median of {args.step_reps} interleaved repetitions")
     results = []
@@ -344,7 +354,7 @@ def bench_steps(args, device):
                 qat_step()
             key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
             print(prof.key_averages().table(sort_by=key, row_limit=20))
-        results.append((name, size, wall, cpu, mem))
+        results.append((name, size, batch, wall, cpu, mem))
         del fp, qat, fp_step, qat_step
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -363,7 +373,7 @@ def main(argv=None):
     print(f"# argv: {' '.join(sys.argv[1:]) or '(defaults)'}; THP_MEM_ALLOC_ENABLE="
           f"{os.environ.get('THP_MEM_ALLOC_ENABLE', '(unset)')}, QAT_FUSED={os.environ.get('QAT_FUSED', '(unset)')}, "
           f"denormals {'flushed to zero' if flush else 'kept'}")
-    checks = []
+    checks, steps = [], []
     for dev in devices:
         device = torch.device(dev)
         if not args.skip_quantizer:
@@ -372,9 +382,14 @@ def main(argv=None):
                     for mode in ("fused LSQ", "fused ScaleGrad"):
                         checks.append((f"cpu quantizer {mode} / multiply, {label}", wall[mode] / wall["multiply"], 1.3))
         if not args.skip_step:
-            for name, size, wall, _, mem in bench_steps(args, device):
+            for name, size, batch, wall, _, mem in bench_steps(args, device):
+                steps.append(dict(device=dev, model=name, size=size, batch=batch,
+                                  fp_ms=wall["FP"] * 1e3, qat_ms=wall["QAT fused"] * 1e3,
+                                  time_ratio=wall["QAT fused"] / wall["FP"], fp_peak_mib=mem["FP"] / 2**20,
+                                  qat_peak_mib=mem["QAT fused"] / 2**20, peak_ratio=mem["QAT fused"] / mem["FP"]))
                 limit = {("cpu", "mobilenetv2", "proxy"): 1.10, ("cpu", "resnet18", "proxy"): 1.20,
-                         ("cuda", "mobilenetv2", "paper"): 1.20}.get((dev, name, size))
+                         ("cuda", "mobilenetv2", "paper"): 1.20, ("cuda", "resnet18", "paper"): 1.20,
+                         }.get((dev, name, size))
                 if limit is not None:
                     checks.append((f"{dev} step QAT/FP time, {name} {size}", wall["QAT fused"] / wall["FP"], limit))
                 checks.append((f"{dev} step QAT/FP peak memory, {name} {size}", mem["QAT fused"] / mem["FP"], 1.3))
@@ -383,6 +398,9 @@ def main(argv=None):
         for what, ratio, limit in checks:
             print(f"  {'met ' if ratio <= limit else 'MISS'}  {ratio:5.2f} <= {limit:.2f}  {what}")
     reason = kernels.disabled_reason()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"torch": torch.__version__, "fused": not reason, "steps": steps}, f, indent=1)
     print(f"\n# fused path: {'OFF (' + reason + ')' if reason else 'on'}; "
           f"Dynamo graphs compiled: {torch._dynamo.utils.counters['stats']['unique_graphs']}")
 

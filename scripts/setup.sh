@@ -2,6 +2,10 @@
 # Idempotent set-up used by every entry point: .venv with the pinned requirements, Fashion-MNIST,
 # and tool state (W&B, Ultralytics, Matplotlib) kept out of the home directory.
 # Source it (`source scripts/setup.sh`) to get the environment; running it only prepares.
+# QAT_PYTHON=/path/to/python: use that interpreter and its packages as they are (no .venv, nothing installed; qat is
+# imported from this checkout through PYTHONPATH): for a machine that cannot reach a package registry but has
+# PyTorch, such as a lent GPU machine (scripts/gpu_check.sh). Nothing is downloaded then: Fashion-MNIST must be
+# found already (the Debian package's folder or $QAT_DATA/fashion-mnist), else only a warning is printed.
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export QAT_DATA="${QAT_DATA:-$REPO/data}"
 # The installing part runs in a subshell with strict error handling, so sourcing this file does not
@@ -19,6 +23,10 @@ require_free_gb() {  # directory, GB needed, what needs them
 }
 (
 set -euo pipefail
+if [[ -n "${QAT_PYTHON:-}" ]]; then
+  "$QAT_PYTHON" -c "import torch, torchvision, timm, numpy" ||
+    { echo "[setup] QAT_PYTHON=$QAT_PYTHON lacks packages qat needs (above)" >&2; exit 1; }
+else
 STAMP="$VENV/.requirements.sha256"
 want="$(cat "$REPO/requirements.txt" "$REPO/requirements.lock.txt" "$REPO/requirements-nodeps.txt" | sha256sum | cut -d' ' -f1)"
 
@@ -45,19 +53,25 @@ if [[ "$(cat "$QAT_STAMP" 2>/dev/null)" != "$want_qat" ]]; then
     "$VENV/bin/python" -m pip install -q --no-deps -e "$REPO" >&2
   echo "$want_qat" > "$QAT_STAMP"
 fi
+fi
 
 # Fashion-MNIST: the Debian package when we can install it, else torchvision's downloader into $QAT_DATA.
 FMNIST_DEB=/usr/share/datasets/fashion-mnist
 if [[ ! -f "$FMNIST_DEB/train-images-idx3-ubyte.gz" && ! -d "$QAT_DATA/fashion-mnist/FashionMNIST/raw" ]]; then
-  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
-    echo "[setup] installing Debian package dataset-fashion-mnist" >&2
-    (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
-      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) || true
-  fi
-  if [[ ! -f "$FMNIST_DEB/train-images-idx3-ubyte.gz" ]]; then
-    echo "[setup] downloading Fashion-MNIST into $QAT_DATA/fashion-mnist" >&2
-    "$VENV/bin/python" -c "import sys, torchvision; torchvision.datasets.FashionMNIST(sys.argv[1], download=True)" \
-      "$QAT_DATA/fashion-mnist" >&2
+  if [[ -n "${QAT_PYTHON:-}" ]]; then
+    echo "[setup] warning: Fashion-MNIST not found in $FMNIST_DEB or $QAT_DATA/fashion-mnist/FashionMNIST/raw" \
+         "(nothing is installed or downloaded with QAT_PYTHON set)" >&2
+  else
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+      echo "[setup] installing Debian package dataset-fashion-mnist" >&2
+      (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 ||
+        { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; }) || true
+    fi
+    if [[ ! -f "$FMNIST_DEB/train-images-idx3-ubyte.gz" ]]; then
+      echo "[setup] downloading Fashion-MNIST into $QAT_DATA/fashion-mnist" >&2
+      "$VENV/bin/python" -c "import sys, torchvision; torchvision.datasets.FashionMNIST(sys.argv[1], download=True)" \
+        "$QAT_DATA/fashion-mnist" >&2
+    fi
   fi
 fi
 ) || { echo "[setup] failed" >&2; return 1 2>/dev/null || exit 1; }
@@ -73,4 +87,8 @@ export MPLCONFIGDIR="${MPLCONFIGDIR:-$QAT_STATE/matplotlib}" TORCHINDUCTOR_CACHE
 export THP_MEM_ALLOC_ENABLE="${THP_MEM_ALLOC_ENABLE:-1}"  # transparent huge pages for big CPU buffers (docs/PERFORMANCE.md)
 # qat is installed in .venv; this checkout still comes first where several checkouts share one venv.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-export PATH="$VENV/bin:$PATH"
+if [[ -n "${QAT_PYTHON:-}" ]]; then
+  export PATH="$(dirname "$QAT_PYTHON"):$PATH"
+else
+  export PATH="$VENV/bin:$PATH"
+fi
