@@ -87,8 +87,8 @@ export MPLCONFIGDIR="${MPLCONFIGDIR:-$QAT_STATE/matplotlib}" TORCHINDUCTOR_CACHE
 export THP_MEM_ALLOC_ENABLE="${THP_MEM_ALLOC_ENABLE:-1}"  # transparent huge pages for big CPU buffers (docs/PERFORMANCE.md)
 # qat is installed in .venv; this checkout still comes first where several checkouts share one venv.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-if [[ -n "${QAT_PYTHON:-}" ]]; then
-  export PATH="$(dirname "$QAT_PYTHON"):$PATH"
+if [[ -n "${QAT_PYTHON:-}" ]]; then  # its folder first on PATH (a bare name is resolved, never "." on PATH)
+  export PATH="$(dirname "$(command -v "$QAT_PYTHON")"):$PATH"
 else
   export PATH="$VENV/bin:$PATH"
 fi
