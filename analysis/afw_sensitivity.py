@@ -1,21 +1,30 @@
-"""AFW's open readings (SPEC §6) on one trained `ours` classifier run, measured on the CALIBRATION split.
+"""AFW's open readings (SPEC §6) on trained `ours` classifier runs (one per seed), measured on the CALIBRATION split.
 
 SPEC §6 leaves open the task loss's scale against λ, θ's initialisation, the regulariser's reduction, the
 optimiser's lr and the number of steps; `qat.afw.AFWStep` has each as an option. This study starts every
-reading from the same trained model (the run's `trained.pt`: after ScaleGrad + EAD with freezing, before AFW),
-runs AFW on the training data and measures top-1 on the calibration split (the held-out slice of the training
-set), never on the test split, so a reading can be chosen here without looking at the test set. It also reports
-whether AFW acted: offsets, codes changed, and its objective over the first and last tenth of the steps.
+reading from the same trained model of each run (its `trained.pt`: after ScaleGrad + EAD with freezing, before
+AFW), runs AFW on the training data and measures top-1 on the calibration split (the held-out slice of the
+training set), never on the test split, so a reading is chosen here without looking at the test set. It reports
+whether AFW acted (offsets, codes changed, its objective over the first and last tenth of the steps) and, over
+the runs (seeds), each reading's calibration change against the model before AFW with a paired 95 % interval.
 
-    python analysis/afw_sensitivity.py runs/proxy/table5/mobilenetv2/scalegrad+ead+afw/w3a3/s0 \
-        --out docs/afw_sensitivity.md
+The choice, computed here: among the readings that change at least one code in every run and lower their
+objective in most runs (SPEC §6: AFW must act), the one with the highest mean calibration change.
+
+    python analysis/afw_sensitivity.py runs/proxy/table5/mobilenetv2/scalegrad+ead+afw/w3a3/s{0,1,2,3,4} \
+        --readings mean/zero/sum/0.001 sum/zero/mean/0.01 mean/residual/mean/0.001 --out docs/afw_study.md
+
+Each (run, reading) result is kept in `<out>.json` (or --cache) as it is measured, so a killed study resumes and
+a study over more seeds measures only what is new.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import itertools
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from qat.afw import AFWStep, LOSS_REDUCTIONS, REG_REDUCTIONS, THETA_INITS
@@ -24,6 +33,36 @@ from qat.hooks import TrainState
 from qat.recipes import get_recipe, make_hooks
 from qat.train import checkpoint as ckpt
 from qat.train.classification import ClassificationTask, Trainer
+from tables.paired import paired_difference
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One way to read SPEC §6's open choices: task-loss reduction, θ init, R's reduction, SGD lr."""
+    loss: str
+    theta_init: str
+    reg: str
+    lr: float
+
+    @classmethod
+    def parse(cls, text: str) -> "Reading":
+        """'loss/theta_init/reg/lr', e.g. 'sum/zero/mean/0.01'."""
+        parts = text.split("/")
+        if len(parts) != 4:
+            raise ValueError(f"reading {text!r}: expected loss/theta_init/reg/lr, e.g. sum/zero/mean/0.01")
+        loss, init, reg, lr = parts
+        for value, allowed, what in ((loss, LOSS_REDUCTIONS, "loss"), (init, THETA_INITS, "theta_init"),
+                                     (reg, REG_REDUCTIONS, "reg")):
+            if value not in allowed:
+                raise ValueError(f"reading {text!r}: {what} {value!r} is not one of {', '.join(allowed)}")
+        try:
+            lr_value = float(lr)
+        except ValueError:
+            raise ValueError(f"reading {text!r}: lr {lr!r} is not a number") from None
+        return cls(loss, init, reg, lr_value)
+
+    def key(self) -> str:
+        return f"{self.loss}/{self.theta_init}/{self.reg}/{self.lr:g}"
 
 
 class CalibrationSplitTrainer(Trainer):
@@ -54,37 +93,112 @@ def trained_model(run_dir: Path):
     return trainer, model.to(trainer.device)
 
 
+def measure_run(run_dir: Path, readings: list[Reading], epochs: list[float] | None, cache: dict, save) -> None:
+    """Every (reading, epochs) on `run_dir`'s trained model that `cache` lacks, into `cache[run_dir]`."""
+    done = cache.setdefault(str(run_dir), {})
+    trainer = model = task = None
+    for reading in readings:
+        for ep in epochs or [None]:
+            if f"{reading.key()}@{ep}" in done:
+                continue
+            if model is None:
+                trainer, model = trained_model(run_dir)
+                task = ClassificationTask(trainer)
+                task.log = lambda *a, **k: None  # the study logs to its table, not to the run
+                done.setdefault("before", trainer.evaluate(model)["top1"])
+            m = trainer.cfg.methods
+            n_epochs = ep if ep is not None else trainer.cfg.preset_value("afw_epochs")
+            step = AFWStep(n_epochs, reading.lr, gamma=m.afw_gamma, lam=m.afw_lambda, loss_reduction=reading.loss,
+                           theta_init=reading.theta_init, reg_reduction=reading.reg)
+            r = step.run(copy.deepcopy(model), task)
+            done[f"{reading.key()}@{ep}"] = {
+                "epochs": n_epochs, "offsets": r["afw/weights"], "changed": r["afw/changed_codes"],
+                "objective_first": r.get("afw/objective_first"), "objective_last": r.get("afw/objective_last"),
+                "top1": r.get("afw/top1", r.get("afw/metric"))}
+            save()
+            row = done[f"{reading.key()}@{ep}"]
+            print(f"{run_dir} {reading.key()} epochs {n_epochs:g}: {row['changed']} codes, calib "
+                  f"{row['top1']:.2f} ({row['top1'] - done['before']:+.2f})", flush=True)
+
+
+def choose(summary: list[dict]) -> dict | None:
+    """The reading AFW is run with: acted in every run (codes changed), objective lowered in most runs, then the
+    highest mean calibration change."""
+    acting = [s for s in summary if s["acted_all"] and s["lowered"] * 2 > s["n"]]
+    return max(acting, key=lambda s: s["diff"].mean) if acting else None
+
+
+def report(run_dirs: list[Path], readings: list[Reading], epochs: list[float] | None, cache: dict) -> str:
+    lines = ["Top-1 on each run's calibration split; Δ = after AFW − before AFW (the trained model with its frozen "
+             "codes).", "", "Per run:", "",
+             "| run | reading (loss/θ init/R/lr) | epochs | offsets | codes changed | objective first → last | "
+             "calib top-1 | Δ |", "|---|---|---|---|---|---|---|---|"]
+    summary = []
+    for reading, ep in itertools.product(readings, epochs or [None]):
+        key = f"{reading.key()}@{ep}"
+        before, after, changed, lowered = {}, {}, [], 0
+        for seed, run_dir in enumerate(run_dirs):
+            done = cache.get(str(run_dir), {})
+            if key not in done:
+                continue
+            row = done[key]
+            before[seed], after[seed] = done["before"], row["top1"]
+            changed.append(row["changed"])
+            lowered += int(row["objective_last"] is not None and row["objective_last"] < row["objective_first"])
+            lines.append(f"| {run_dir} | {reading.key()} | {row['epochs']:g} | {row['offsets']} | {row['changed']} | "
+                         f"{row['objective_first']:.4g} → {row['objective_last']:.4g} | {row['top1']:.2f} | "
+                         f"{row['top1'] - done['before']:+.2f} |")
+        if changed:
+            summary.append(dict(reading=reading.key(), epochs=ep, n=len(changed), changed=changed, lowered=lowered,
+                                acted_all=min(changed) > 0, diff=paired_difference(before, after)))
+    lines += ["", "Over the runs (paired by run; 95 % interval of the mean Δ):", "",
+              "| reading (loss/θ init/R/lr) | epochs | runs | codes changed (min–max) | objective lowered | "
+              "calib Δ [95 % CI] | verdict |", "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        ep = "preset" if s["epochs"] is None else f"{s['epochs']:g}"
+        lines.append(f"| {s['reading']} | {ep} | {s['n']} | {min(s['changed'])}–{max(s['changed'])} | "
+                     f"{s['lowered']}/{s['n']} | {s['diff'].describe()} | {s['diff'].verdict()} |")
+    chosen = choose(summary)
+    lines += ["", "Choice (readings that changed codes in every run and lowered their objective in most, then the "
+              "highest mean calibration Δ): " + (f"**{chosen['reading']}** ({chosen['diff'].describe()}, "
+                                                  f"{chosen['diff'].verdict()} against no AFW)" if chosen else
+                                                  "none: no reading acted in every run")]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", type=Path, help="a finished scalegrad+ead+afw classifier run")
+    p.add_argument("run_dirs", type=Path, nargs="+", help="finished scalegrad+ead+afw classifier runs (one per seed)")
+    p.add_argument("--readings", nargs="+", default=None,
+                   help="readings loss/theta_init/reg/lr to try (default: every combination with --lrs)")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 1e-2], help="AFW SGD learning rates to try")
     p.add_argument("--epochs", type=float, nargs="+", default=None,
                    help="AFW epochs to try (default: the run's preset value)")
-    p.add_argument("--out", type=Path, default=None, help="also write the table (Markdown) here")
+    p.add_argument("--out", type=Path, default=None, help="also write the report (Markdown) here")
+    p.add_argument("--cache", type=Path, default=None, help="measured results (default: <out>.json when --out)")
     args = p.parse_args(argv)
-    if not (args.run_dir / "trained.pt").is_file():
-        print(f"error: {args.run_dir} has no trained.pt (not a finished QAT run directory)", file=sys.stderr)
+    try:
+        readings = [Reading.parse(r) for r in args.readings] if args.readings else [
+            Reading(*c) for c in itertools.product(LOSS_REDUCTIONS, THETA_INITS, REG_REDUCTIONS, args.lrs)]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    trainer, model = trained_model(args.run_dir)
-    task = ClassificationTask(trainer)
-    task.log = lambda *a, **k: None  # the study logs to its table, not to the run
-    before = trainer.evaluate(model)["top1"]
-    epochs = args.epochs or [trainer.cfg.preset_value("afw_epochs")]
-    m = trainer.cfg.methods
-    lines = [f"AFW readings on {args.run_dir} (top-1 on the calibration split; before AFW: {before:.2f} %)", "",
-             "| task loss | θ init | R | lr | epochs | offsets | codes changed | objective first → last | "
-             "calib top-1 | Δ |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for loss, init, reg, lr, ep in itertools.product(LOSS_REDUCTIONS, THETA_INITS, REG_REDUCTIONS, args.lrs, epochs):
-        trial = copy.deepcopy(model)
-        step = AFWStep(ep, lr, gamma=m.afw_gamma, lam=m.afw_lambda, loss_reduction=loss, theta_init=init,
-                       reg_reduction=reg)
-        r = step.run(trial, task)
-        top1 = r.get("afw/top1", r.get("afw/metric"))
-        lines.append(f"| {loss} | {init} | {reg} | {lr:g} | {ep:g} | {r['afw/weights']} | {r['afw/changed_codes']} | "
-                     f"{r.get('afw/objective_first', float('nan')):.4g} → {r.get('afw/objective_last', float('nan')):.4g} | "
-                     f"{top1:.2f} | {top1 - before:+.2f} |")
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
+    for run_dir in args.run_dirs:
+        if not (run_dir / "trained.pt").is_file():
+            print(f"error: {run_dir} has no trained.pt (not a finished QAT run directory)", file=sys.stderr)
+            return 2
+    cache_path = args.cache or (args.out.with_suffix(".json") if args.out else None)
+    cache = json.loads(cache_path.read_text()) if cache_path and cache_path.is_file() else {}
+
+    def save():
+        if cache_path:
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(cache_path)
+
+    for run_dir in args.run_dirs:
+        measure_run(run_dir, readings, args.epochs, cache, save)
+    text = report(args.run_dirs, readings, args.epochs, cache)
     print(text)
     if args.out:
         args.out.write_text(text)
