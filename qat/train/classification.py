@@ -33,6 +33,7 @@ from ..prepare.pipeline import PrologueOptions, float_prologue, quantize_prologu
 from ..recipes import get_recipe, make_hooks, make_post_steps
 from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, fp_weights, post_step_methods,
                              open_run_logger, prologue_options, start_point, step_size_metrics, tau_epoch)
+from ..run.wall_clock import WallClock
 from ..run_dir import claim, finished_result
 from . import checkpoint as ckpt
 from .distributed import all_reduce_sum, barrier, init_distributed, is_main
@@ -74,7 +75,7 @@ class ClassificationTask:
         return self.trainer.batch_loss(model, batch)[0]
 
     def evaluate(self, model):
-        return self.trainer.evaluate(model)
+        return self.trainer.timed_evaluate(model)
 
     def log(self, metrics, step=None):
         self.trainer.log(metrics, step)
@@ -87,6 +88,7 @@ class Trainer:
     task = "classification"  # the W&B schema's task (qat/logging/schema.py)
 
     def __init__(self, cfg: RunConfig):
+        self.clock = WallClock()  # where the run's wall time goes, kept in its result.json
         self.cfg = cfg
         # Denormals in CPU backward passes slow a step ~10× (docs/PERFORMANCE.md); they are far below
         # anything a 3/4-bit grid can represent, so they are flushed to zero.
@@ -102,12 +104,13 @@ class Trainer:
         self.global_step = 0
         self.val_at: tuple[int, dict] | None = None  # (iteration, result) of the live model's last evaluation
         self.batch_size = cfg.batch_size or cfg.preset_value("batch_size")
-        self.train_data, self.calib_data, self.test_data = self.setup_data()
-        self.calib_inputs_labels = []
-        for batch in self.calib_data.epoch(0):
-            self.calib_inputs_labels.append(batch)
-            if len(self.calib_inputs_labels) >= cfg.preset_value("calib_batches"):
-                break
+        with self.clock.phase("data"):
+            self.train_data, self.calib_data, self.test_data = self.setup_data()
+            self.calib_inputs_labels = []
+            for batch in self.calib_data.epoch(0):
+                self.calib_inputs_labels.append(batch)
+                if len(self.calib_inputs_labels) >= cfg.preset_value("calib_batches"):
+                    break
 
     # -------------------------------------------------------------------- task
     def setup_data(self):
@@ -153,13 +156,25 @@ class Trainer:
     # ----------------------------------------------------------------- logging
     def open_logger(self, resume_id: str | None, optimizer, epochs: int, iterations: int):
         if self.cfg.wandb and is_main():
-            self.logger = open_run_logger(self.cfg, self.run_dir, task=self.task, metric=self.metric,
-                                          optimizer=optimizer, epochs=epochs, iterations=iterations,
-                                          batch_size=self.batch_size, resume_id=resume_id)
+            with self.clock.phase("wandb"):
+                self.logger = open_run_logger(self.cfg, self.run_dir, task=self.task, metric=self.metric,
+                                              optimizer=optimizer, epochs=epochs, iterations=iterations,
+                                              batch_size=self.batch_size, resume_id=resume_id)
 
     def log(self, metrics: dict, step: int | None = None):
         if self.logger is not None:
-            self.logger.log(metrics, step=self.global_step if step is None else step)
+            with self.clock.phase("wandb"):
+                self.logger.log(metrics, step=self.global_step if step is None else step)
+
+    def timed_evaluate(self, model: nn.Module) -> dict:
+        """`evaluate` (which a task's trainer overrides), its time counted as the run's evaluation."""
+        with self.clock.phase("eval"):
+            return self.evaluate(model)
+
+    def save(self, payload: dict, path: Path) -> None:
+        """ckpt.save, its time counted as the run's checkpoint I/O."""
+        with self.clock.phase("checkpoint"):
+            ckpt.save(payload, path)
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -223,14 +238,14 @@ class Trainer:
             return model, {}
         k = self.metric
         recorded = self.recorded_fp_metric()
-        report = {f"fp_{k}": recorded if recorded is not None else self.evaluate(model)[k]}
+        report = {f"fp_{k}": recorded if recorded is not None else self.timed_evaluate(model)[k]}
         report["prologue"] = float_prologue(model, calib[0], calib, opts)
-        report[f"fp_{k}_prologue"] = self.evaluate(model)[k]  # after BN fold + CLE
+        report[f"fp_{k}_prologue"] = self.timed_evaluate(model)[k]  # after BN fold + CLE
         cle = report["prologue"].get("cle", {})
         report.update({f"cle_{k}": cle[k] for k in ("pairs_kept", "pairs_reverted", "relu6_replaced") if k in cle})
         report["quantize"] = quantize_prologue(model, c.bits, calib, opts, **recipe.quantizer(c.methods),
                                                high_precision=high_precision)
-        report[f"init_{k}"] = self.evaluate(model)[k]
+        report[f"init_{k}"] = self.timed_evaluate(model)[k]
         return model, report
 
     # --------------------------------------------------------------- schedule
@@ -289,20 +304,22 @@ class Trainer:
         recipe = None if c.is_fp else get_recipe(c.recipe)
         epochs = self.epochs()
         tau_epoch = self.tau_epoch()
-        start = start_point(c, self._train_other, barrier, _announce)  # trains a missing parent first
+        with self.clock.phase("parent"):
+            start = start_point(c, self._train_other, barrier, _announce)  # trains a missing parent first
         state_ckpt = ckpt.load(start.path) if start.path else None
 
-        if c.is_fp:
-            model = self.build_net().to(self.device)
-            if state_ckpt is not None:  # a killed FP run continues from its own weights
+        with self.clock.phase("prologue"):
+            if c.is_fp:
+                model = self.build_net().to(self.device)
+                if state_ckpt is not None:  # a killed FP run continues from its own weights
+                    model.load_state_dict(state_ckpt["model"])
+                report = {}
+            elif state_ckpt is not None:
+                model, report = self.quantized_model(init=False)
                 model.load_state_dict(state_ckpt["model"])
-            report = {}
-        elif state_ckpt is not None:
-            model, report = self.quantized_model(init=False)
-            model.load_state_dict(state_ckpt["model"])
-            report = state_ckpt.get("report", {})
-        else:
-            model, report = self.quantized_model(init=True)
+                report = state_ckpt.get("report", {})
+            else:
+                model, report = self.quantized_model(init=True)
 
         iters_per_epoch = len(self.train_data)
         total_iterations = epochs * iters_per_epoch
@@ -346,14 +363,15 @@ class Trainer:
         history = []
         if not training_done:
             for epoch in range(start_epoch, epochs):
-                train_metrics = self.train_epoch(train_model, optimizer, hooks, state, epoch, epochs)
+                with self.clock.phase("train"):
+                    train_metrics = self.train_epoch(train_model, optimizer, hooks, state, epoch, epochs)
                 lr = epoch_lr(optimizer)  # the epoch's, before the scheduler moves it
                 scheduler.step()
                 metrics = {**train_metrics, "epoch": epoch + 1, "lr": lr, **step_size_metrics(model)}
                 # CPU presets validate only where a number is used (τ and the end); others every epoch.
                 if c.preset_value("val_every_epoch") or epoch + 1 in (tau_epoch, epochs):
                     eval_model = next((m for m in (h.eval_model() for h in hooks) if m is not None), model)
-                    val = self.evaluate(eval_model)
+                    val = self.timed_evaluate(eval_model)
                     if eval_model is model:
                         self.val_at = (state.iteration, val)
                     metrics.update({f"val/{k}": v for k, v in val.items() if k != self.metric})  # val/metric
@@ -368,11 +386,12 @@ class Trainer:
                           f"{train_acc}{val_text}", flush=True)
                 payload = self.checkpoint_payload(model, optimizer, scheduler, hooks, state, epoch + 1, report)
                 if self.logger is not None:
-                    self.logger.commit()  # the epoch's row reaches disk before the checkpoint says it is done
+                    with self.clock.phase("wandb"):
+                        self.logger.commit()  # the epoch's row reaches disk before the checkpoint says it is done
                 if is_main():
-                    ckpt.save(payload, self.run_dir / CHECKPOINT)
+                    self.save(payload, self.run_dir / CHECKPOINT)
                     if not c.is_fp and epoch + 1 == tau_epoch:
-                        ckpt.save(payload, self.run_dir / TAU_CHECKPOINT)
+                        self.save(payload, self.run_dir / TAU_CHECKPOINT)
                 barrier()
                 if c.max_iterations is not None and state.iteration >= c.max_iterations:
                     break
@@ -383,8 +402,8 @@ class Trainer:
             payload = self.checkpoint_payload(model, optimizer, scheduler, hooks, state, epochs, report)
             payload["training_done"] = True
             if is_main():
-                ckpt.save(payload, self.run_dir / CHECKPOINT)
-                ckpt.save(payload, self.run_dir / TRAINED)
+                self.save(payload, self.run_dir / CHECKPOINT)
+                self.save(payload, self.run_dir / TRAINED)
             barrier()
 
         result = self.finish(model, hooks, state, report)
@@ -409,6 +428,8 @@ class Trainer:
         for i, batch in enumerate(bar):
             loss, n, batch_correct = self.batch_loss(train_model, self.move(batch))
             qat_step(loss, optimizer, hooks, state, steps, clip_norm=clip_norm)
+            if i == 0 and not self.clock.first_iteration:  # where the fused kernels compile
+                self.clock.note_first_iteration(time.time() - t0)
             self.global_step = state.iteration
             loss_sum += loss.detach() * n
             if batch_correct is not None:
@@ -443,7 +464,7 @@ class Trainer:
         k = self.metric
         # the live model evaluated after its last step is the trained model: its metric is known
         known = self.val_at is not None and self.val_at[0] == state.iteration
-        result[f"{k}_trained"] = (self.val_at[1] if known else self.evaluate(model))[k]
+        result[f"{k}_trained"] = (self.val_at[1] if known else self.timed_evaluate(model))[k]
         if not c.is_fp:
             for key in (f"fp_{k}", f"fp_{k}_prologue", f"init_{k}"):
                 result[key] = report.get(key)
@@ -455,18 +476,20 @@ class Trainer:
             for post in post_steps:
                 if is_main():
                     print(f"[qat] {c.run_name}: post step {post.name}", flush=True)
-                result.update(post.run(model, task))
+                with self.clock.phase("post"):
+                    result.update(post.run(model, task))
             if post_steps:
-                result[k] = self.evaluate(model)[k]
+                result[k] = self.timed_evaluate(model)[k]
         result.setdefault(k, result[f"{k}_trained"])  # no post step: the trained model is the final one
         if c.is_fp and is_main():
-            ckpt.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]},
-                      self.fp_cache())
+            self.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]}, self.fp_cache())
         if is_main():
-            ckpt.save({"model": model.state_dict(), "result": result}, self.run_dir / FINAL)
+            self.save({"model": model.state_dict(), "result": result}, self.run_dir / FINAL)
             if self.logger is not None:
-                self.logger.summary(summary_values(result, k))
-                self.logger.finish(0)
+                with self.clock.phase("wandb"):
+                    self.logger.summary(summary_values(result, k))
+                    self.logger.finish(0)
+            result.update(self.clock.result())  # (the result.json only: W&B has closed)
             (self.run_dir / "result.json").write_text(json.dumps(result, indent=1))
             ckpt.drop_resume_checkpoint(self.run_dir / CHECKPOINT)
             print(f"[qat] {c.run_name}: {k} {result[k]:.2f}%", flush=True)
