@@ -38,7 +38,7 @@ from qat.recipes import RECIPES
 from qat.run_dir import WAIT_ENV, locked_by_other, run_finished
 
 from .child_processes import run_child, stop_children_on_signals
-from .launch_config import DETECTORS, check_names, known_models, load_config, parse_seeds
+from .launch_config import DETECTORS, check_names, known_models, load_config, parse_bits, parse_seeds
 from .launch_progress import LaunchProgress
 from .reuse import find_identical_run, forget_source, point_to, trained_otherwise
 
@@ -159,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=os.environ.get("DEVICE", "auto"), type=device_option(),
                    help="$DEVICE: auto, cpu, cuda or cuda:N")
     p.add_argument("--models", default=os.environ.get("MODELS"), help="restrict to these models (comma separated)")
+    p.add_argument("--bits", default=os.environ.get("BITS"), help="$BITS: restrict to these of the config's bits")
     p.add_argument("--recipes", default=os.environ.get("RECIPES"),
                    help="restrict to these recipes (comma separated; a branch still trains its parent)")
     p.add_argument("--jobs", type=positive_int, default=os.environ.get("JOBS") or None,
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
         if args.preset not in PRESET_NAMES:
             raise ValueError(f"--preset / PRESET: unknown preset {args.preset!r}; allowed: {', '.join(PRESET_NAMES)}")
         seeds = parse_seeds(args.seeds) if args.seeds else cfg.get("seeds", [0])
+        if args.bits:
+            cfg = dict(cfg, bits=parse_bits(args.bits, cfg["bits"]))
         models = args.models.split(",") if args.models else None
         check_names("model in --models / MODELS", models or [], known_models())
         check_names("recipe in --recipes / RECIPES", args.recipes.split(",") if args.recipes else [], cfg["recipes"])

@@ -92,6 +92,15 @@ def load_config(path: Path) -> dict:
     return cfg
 
 
+def parse_bits(text: str, configured: list[int]) -> list[int]:
+    """BITS / --bits: some of the config's bit widths, separated by spaces or commas."""
+    parts = text.replace(",", " ").split()
+    if not parts or not all(p.isascii() and p.isdigit() and int(p) in configured for p in parts):
+        raise ValueError(f"BITS / --bits must be some of the config's bits ({', '.join(map(str, configured))}) "
+                         f"separated by spaces or commas, got {text!r}")
+    return [int(p) for p in parts]
+
+
 def parse_seeds(text: str) -> list[int]:
     """SEEDS / --seeds: integers >= 0 separated by spaces or commas."""
     parts = text.replace(",", " ").split()

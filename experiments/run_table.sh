@@ -3,7 +3,7 @@
 # was killed).
 # Usage (from a run.sh): exec bash experiments/run_table.sh <experiment dir> <table number> "$@"
 # PRESET=smoke|proxy|proxy-long|proxy-gpu|paper (default proxy), SEEDS="0 1 2", DEVICE=auto|cpu|cuda, MODELS=a,b,
-# RECIPES=a,b, JOBS=n, WANDB_MODE (default offline). Finished runs are skipped, killed runs resume.
+# RECIPES=a,b, BITS=3, JOBS=n, WANDB_MODE (default offline). Finished runs are skipped, killed runs resume.
 set -uo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"

@@ -9,8 +9,10 @@ ROWS = [("lsq", "-", "-", "-", "-"), ("scalegrad", "✓", "-", "-", "-"), ("scal
         ("scalegrad+ead+adaround", "✓", "✓", "-", "✓"), ("scalegrad+ead+afw", "✓", "✓", "✓", "-")]
 LABELS = {"lsq": "LSQ", "scalegrad": "ScaleGrad", "scalegrad+ead": "+EAD", "scalegrad+ead+adaround": "+AdaRound",
           "scalegrad+ead+afw": "+AFW"}
-# The ablation's claims: each row against the one above it (AFW against AdaRound, the paper's alternative).
-CLAIMS = [(a, b, LABELS[a], LABELS[b]) for (a, *_), (b, *_) in zip(ROWS, ROWS[1:])]
+# The ablation's claims: each row against the one above it (AFW against AdaRound, the paper's alternative), AFW
+# against the model it starts from (+EAD), and the whole method against LSQ.
+CLAIMS = [(a, b, LABELS[a], LABELS[b]) for (a, *_), (b, *_) in zip(ROWS, ROWS[1:])] + [
+    ("scalegrad+ead", "scalegrad+ead+afw", "+EAD", "+AFW"), ("lsq", "scalegrad+ead+afw", "LSQ", "ours (+AFW)")]
 
 
 def phase_notes(runs: dict) -> list[str]:

@@ -133,7 +133,7 @@ def write_config(tmp_path: Path, **changes) -> Path:
 
 @pytest.fixture
 def launcher_env(tmp_path, monkeypatch):
-    for var in ("SEEDS", "MODELS", "RECIPES", "PRESET", "DEVICE", "JOBS"):
+    for var in ("SEEDS", "MODELS", "RECIPES", "PRESET", "DEVICE", "JOBS", "BITS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))
@@ -150,6 +150,8 @@ def launcher_env(tmp_path, monkeypatch):
     ({}, [], {"SEEDS": "x"}, "SEEDS / --seeds must be integers >= 0 separated by spaces or commas, got 'x'"),
     ({}, ["--seeds", "0 1.5"], {}, "got '0 1.5'"),
     ({}, [], {"MODELS": "yolov8"}, "unknown model in --models / MODELS 'yolov8'"),
+    ({}, [], {"BITS": "2"}, "BITS / --bits must be some of the config's bits"),
+    ({}, ["--bits", "3,x"], {}, "got '3,x'"),
     ({}, ["--recipes", "damp"], {}, "unknown recipe in --recipes / RECIPES 'damp'"),
     ({}, ["--preset", "proxi"], {}, "unknown preset 'proxi'"),
     ({}, ["--device", "cuda"], {}, "--device: 'cuda' needs a CUDA GPU"),
@@ -279,3 +281,12 @@ def test_ultralytics_keeps_its_settings_out_of_home_without_setup_sh(tmp_path):
     assert not (home / ".config" / "Ultralytics").exists(), sorted(os.listdir(home / ".config"))
     assert proc.stdout.splitlines()[-1].split() == [str(state / "ultralytics"), "1"]
     assert (state / "ultralytics").is_dir()
+
+
+def test_launcher_bits_restricts_the_runs(launcher_env, monkeypatch, capsys):
+    from experiments import launch
+    config = write_config(launcher_env, bits=[4, 3], seeds=[0, 1])
+    monkeypatch.setenv("BITS", "3")
+    assert launch.main([str(config), "--preset", "smoke", "--dry-run", "--device", "cpu"]) == 0
+    planned = [line for line in capsys.readouterr().out.splitlines() if line.startswith("todo ")]
+    assert len(planned) == 2 and all("--bits 3" in line for line in planned)
