@@ -34,6 +34,8 @@ def test_fp_then_ours_branching_from_scalegrad_with_afw_and_wandb(dirs):
     for key in ("map", "map50", "map_trained", "afw/metric", "afw/weights", "freeze/fraction_frozen"):
         assert key in result, key
     assert 0.0 <= result["map"] <= 100.0
+    # its profile: the scalegrad parent (and the FP model) trained in this process count as `parent`
+    assert 0 < result["time/parent_s"] < result["time/total_s"] and result["time/post_s"] > 0
     run_dir = cfg.run_dir
     assert json.loads((run_dir / "result.json").read_text())["recipe"] == "scalegrad+ead+afw"
     assert run(cfg) == json.loads((run_dir / "result.json").read_text())  # finished: not rerun

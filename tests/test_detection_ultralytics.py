@@ -115,6 +115,12 @@ def test_smoke_qat_run_reports_map(tiny_data, tmp_path, monkeypatch):
     # the step sizes are in the SGD group without weight decay
     step_group = next(g for g in trainer.optimizer.param_groups if g["param_group"] == "step")
     assert step_group["weight_decay"] == 0.0 and len(step_group["params"]) == 2 * 63
+    # the run's profile (qat/run/wall_clock.py): Ultralytics' loop as training, its evaluations, checkpoints and
+    # prologue apart
+    profile = trainer.clock.result()
+    for phase in ("train", "eval", "checkpoint", "prologue", "data"):
+        assert profile[f"time/{phase}_s"] > 0, phase
+    assert 0 < profile["time/first_iteration_s"] <= profile["time/train_s"]
 
 
 def test_an_epoch_without_validation_logs_the_schema_and_no_val_metric(tiny_data, tmp_path, monkeypatch):

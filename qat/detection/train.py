@@ -22,6 +22,7 @@ import torch
 from ..config import ULTRALYTICS_DETECTORS, RunConfig, detector_fp_cache, path_digest
 from ..recipes import get_recipe
 from ..run.lifecycle import CHECKPOINT, fp_weights, start_point
+from ..run.wall_clock import WallClock
 from ..run_dir import claim, finished_result
 from ..train import checkpoint
 
@@ -72,16 +73,20 @@ def _train(c: RunConfig) -> dict:
     if result is not None:
         print(f"[qat] {c.run_name}: finished already ({done})", flush=True)
         return result
-    data_yaml, val_json, digest = dataset_for(c)
+    clock = WallClock()  # where the run's wall time goes, kept in its result.json
+    with clock.phase("data"):
+        data_yaml, val_json, digest = dataset_for(c)
     init_from = None
     fp_ckpt = c.fp_checkpoint
     if not c.is_fp:
-        start = start_point(c, train_detector)  # trains a missing parent first
+        with clock.phase("parent"):
+            start = start_point(c, train_detector)  # trains a missing parent first
         if start.path is not None:  # a killed run (from its last epoch, or its trained model), or a branch
             init_from = ("end" if start.trained else "resume" if start.kind == "resume" else "tau", str(start.path))
         if init_from is None or fp_ckpt is not None:  # (a branch or resumed run brings its weights)
-            fp_ckpt = str(fp_weights(c, detector_fp_cache(c.model, c.preset, digest),
-                                     lambda p: checkpoint.load(p, mmap=True).get("preset_values"), train_detector))
+            with clock.phase("parent"):  # (an FP model missing from the cache is trained here)
+                fp_ckpt = str(fp_weights(c, detector_fp_cache(c.model, c.preset, digest),
+                                         lambda p: checkpoint.load(p, mmap=True).get("preset_values"), train_detector))
 
     from .ultralytics_qat import QATDetectionTrainer
     p = c.preset_value
@@ -104,11 +109,11 @@ def _train(c: RunConfig) -> dict:
         overrides["device"] = c.device.partition(":")[2] or "0"
     t0 = time.time()
     trainer = QATDetectionTrainer.bind(c, init_from=init_from, fp_checkpoint=fp_ckpt, val_json=val_json,
-                                       save_fp_to=save_fp_to)(overrides=overrides)
+                                       save_fp_to=save_fp_to, clock=clock)(overrides=overrides)
     trainer.train()
     result = {"model": c.model, "recipe": c.recipe, "bits": None if c.is_fp else c.bits, "seed": c.seed,
               "preset": c.preset, "table": c.table, "epochs": epochs, **trainer.results,
-              "wall_s": time.time() - t0}
+              "wall_s": time.time() - t0, **clock.result()}
     c.run_dir.mkdir(parents=True, exist_ok=True)
     done.write_text(json.dumps(result, indent=1))
     checkpoint.drop_resume_checkpoint(c.run_dir / CHECKPOINT)

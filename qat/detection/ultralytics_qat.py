@@ -58,6 +58,7 @@ from ..modules import quant_layers, step_parameters
 from ..logging.fig1_traces import Fig1TraceHook
 from ..prepare.pipeline import float_prologue, quantize_prologue
 from ..recipes import get_recipe, make_hooks, make_post_steps
+from ..run.wall_clock import WallClock
 from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, post_step_methods,
                              open_run_logger, prologue_options, step_size_metrics, tau_epoch)
 from .coco_eval import coco_map, load_coco
@@ -162,12 +163,13 @@ class QATDetectionTrainer(DetectionTrainer):
     val_json: str | None = None             # COCO ground truth of the val split (default: data yaml's val_json)
     save_fp_to: str | None = None           # FP pretraining: where to write the FP32 checkpoint
     eval_fp: bool = True                    # evaluate the FP model before/after the BN fold (tables report it)
+    clock: WallClock | None = None          # the run's profile (qat/run/wall_clock.py); None: a clock of its own
 
     @classmethod
     def bind(cls, run: RunConfig, **start) -> type["QATDetectionTrainer"]:
         """A subclass carrying `run` and the class attributes `start` sets (init_from, fp_checkpoint, val_json,
         save_fp_to, eval_fp): class attributes survive Ultralytics' cloudpickled DDP relaunch."""
-        unknown = set(start) - {"init_from", "fp_checkpoint", "val_json", "save_fp_to", "eval_fp"}
+        unknown = set(start) - {"init_from", "fp_checkpoint", "val_json", "save_fp_to", "eval_fp", "clock"}
         if unknown:
             raise TypeError(f"QATDetectionTrainer.bind: unknown {sorted(unknown)}")
         name = f"{cls.__name__}_{run.recipe.replace('+', '_').replace('-', '_')}"
@@ -185,6 +187,8 @@ class QATDetectionTrainer(DetectionTrainer):
                 raise ValueError("QAT detection runs use optimizer='SGD' (step sizes outside weight decay)")
             overrides["optimizer"] = "SGD"
             overrides.setdefault("nbs", overrides.get("batch", 16))  # no gradient accumulation: T = epochs × batches
+        if self.clock is None:
+            self.clock = WallClock()
         super().__init__(cfg, overrides, _callbacks)
         self.hooks, self.post_steps, self.state = [], [], None
         self.report: dict = {}
@@ -204,10 +208,11 @@ class QATDetectionTrainer(DetectionTrainer):
             return
         options = {"ultralytics_args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(self.args).items()},
                    **run.to_dict()}
-        self.logger = open_run_logger(run, self.save_dir, task="detection", metric="map", optimizer=self.optimizer,
-                                      epochs=self.epochs, batch_size=self.batch_size, methods=self.methods,
-                                      options=options,
-                                      iterations=self.epochs * math.ceil(len(self.train_loader) / self.accumulate))
+        with self.clock.phase("wandb"):
+            self.logger = open_run_logger(run, self.save_dir, task="detection", metric="map", optimizer=self.optimizer,
+                                          epochs=self.epochs, batch_size=self.batch_size, methods=self.methods,
+                                          options=options,
+                                          iterations=self.epochs * math.ceil(len(self.train_loader) / self.accumulate))
 
     def log(self, metrics: dict, step: int | None = None):
         """Log at the optimizer-step count (QAT: the hooks' iteration t; FP: epochs × batches so far)."""
@@ -217,7 +222,8 @@ class QATDetectionTrainer(DetectionTrainer):
             elif step is None:
                 loader = getattr(self, "train_loader", None)
                 step = (self.epoch + 1) * (len(loader) if loader is not None else 1)
-            self.logger.log(metrics, step=step)
+            with self.clock.phase("wandb"):
+                self.logger.log(metrics, step=step)
 
     # --------------------------------------------------------------------------------- model
     def get_model(self, cfg=None, weights=None, verbose=True):
@@ -237,6 +243,14 @@ class QATDetectionTrainer(DetectionTrainer):
         return ckpt
 
     def _quantize(self):
+        with self.clock.phase("prologue"):
+            self._quantize_model()
+
+    def get_dataloader(self, *args, **kwargs):
+        with self.clock.phase("data"):
+            return super().get_dataloader(*args, **kwargs)
+
+    def _quantize_model(self):
         run, recipe = self.run_spec, get_recipe(self.run_spec.recipe)
         model = self.model.to(self.device)
         self.model.args = self.args  # the loss (post steps, calibration checks) reads its gains here
@@ -363,9 +377,12 @@ class QATDetectionTrainer(DetectionTrainer):
             self.epoch = self.epochs - 1
             self.final_eval()
             return
-        super()._do_train()
+        with self.clock.phase("train"):  # Ultralytics' loop; its nested phases (eval, checkpoint, ...) apart
+            super()._do_train()
 
     def optimizer_step(self):
+        if not self.clock.first_iteration:  # where the fused kernels compile
+            self.clock.note_first_iteration(time.time() - getattr(self, "epoch_time_start", time.time()))
         # QAT: the running loss every LOG_EVERY steps (at the hooks' iteration t, the rows' step); every run also
         # logs it in each epoch's row (save_metrics)
         if self.state is not None and (self.state.iteration + 1) % LOG_EVERY == 0 and self.tloss is not None:
@@ -431,11 +448,12 @@ class QATDetectionTrainer(DetectionTrainer):
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict:
         """COCO mAP of `model` on the val split, in FP32, with our evaluator. `metric` = mAP@[.5:.95] in %."""
-        coco, ids, cats = self._gt_index()
-        model = unwrap_model(model)
-        dets = yolo_detections(model, self._eval_loader(), self.device, ids, cats, conf=self.args.conf or 0.001,
-                               iou=self.args.iou, max_det=self.args.max_det)
-        return coco_map(dets, coco)
+        with self.clock.phase("eval"):
+            coco, ids, cats = self._gt_index()
+            model = unwrap_model(model)
+            dets = yolo_detections(model, self._eval_loader(), self.device, ids, cats, conf=self.args.conf or 0.001,
+                                   iou=self.args.iou, max_det=self.args.max_det)
+            return coco_map(dets, coco)
 
     def validate(self):
         t0 = time.time()
@@ -475,14 +493,17 @@ class QATDetectionTrainer(DetectionTrainer):
     # ---------------------------------------------------------------------------- checkpoints
     def save_model(self):
         if self.run_spec.is_fp:
-            return super().save_model()
+            with self.clock.phase("checkpoint"):
+                return super().save_model()
         from ..train import checkpoint as ckpt
         payload = self._checkpoint_payload()
         if self.logger is not None:
-            self.logger.commit()
-        ckpt.save(payload, self.save_dir / CHECKPOINT)
-        if self.epoch + 1 == self.tau_epoch:
-            ckpt.save(payload, self.save_dir / TAU_CHECKPOINT)
+            with self.clock.phase("wandb"):
+                self.logger.commit()
+        with self.clock.phase("checkpoint"):
+            ckpt.save(payload, self.save_dir / CHECKPOINT)
+            if self.epoch + 1 == self.tau_epoch:
+                ckpt.save(payload, self.save_dir / TAU_CHECKPOINT)
         return True
 
     def _checkpoint_payload(self) -> dict:
@@ -505,9 +526,10 @@ class QATDetectionTrainer(DetectionTrainer):
                 self.results = dict(res)
                 if self.save_fp_to:
                     from ..train import checkpoint as ckpt
-                    ckpt.save({"model": model.state_dict(), "yaml": model.yaml, "nc": self.data["nc"],
+                    with self.clock.phase("checkpoint"):
+                        ckpt.save({"model": model.state_dict(), "yaml": model.yaml, "nc": self.data["nc"],
                                "imgsz": self.args.imgsz, "map": res["map"], "map50": res["map50"],
-                               "preset_values": dict(run.presets[run.preset])}, Path(self.save_fp_to))
+                                   "preset_values": dict(run.presets[run.preset])}, Path(self.save_fp_to))
             else:
                 from ..train import checkpoint as ckpt
                 model = unwrap_model(self.model)
@@ -518,7 +540,8 @@ class QATDetectionTrainer(DetectionTrainer):
                 if self.init_from is None or self.init_from[0] != "end":
                     payload = self._checkpoint_payload()
                     payload["epoch"] = self.epochs
-                    ckpt.save(payload, self.save_dir / TRAINED)
+                    with self.clock.phase("checkpoint"):
+                        ckpt.save(payload, self.save_dir / TRAINED)
                 # The live model validated after its last step is the trained model: its mAP is known. Not
                 # before post steps: an evaluation draws from Python's RNG (Ultralytics' loader), which the
                 # post steps' batches use too, so skipping it would change their results.
@@ -531,14 +554,17 @@ class QATDetectionTrainer(DetectionTrainer):
                 task = DetectionTask(self)
                 for post in self.post_steps:
                     LOGGER.info(f"[qat] {run.run_name}: post step {post.name}")
-                    self.results.update(_scalars(post.run(model, task)))
+                    with self.clock.phase("post"):
+                        self.results.update(_scalars(post.run(model, task)))
                 self.results.update(_pct(self.evaluate(model)) if self.post_steps else res)  # no post step: unchanged
-                ckpt.save({"model": model.state_dict(), "results": self.results, "config": run.to_dict(),
-                           "prologue": asdict(self.prologue)}, self.save_dir / FINAL)
+                with self.clock.phase("checkpoint"):
+                    ckpt.save({"model": model.state_dict(), "results": self.results, "config": run.to_dict(),
+                               "prologue": asdict(self.prologue)}, self.save_dir / FINAL)
             LOGGER.info(f"[qat] {run.run_name}: mAP@[.5:.95] {self.results['map']:.2f} mAP@.5 {self.results['map50']:.2f}")
             if self.logger is not None:
-                self.logger.summary(summary_values(self.results, "map"))
-                self.logger.finish(0)
+                with self.clock.phase("wandb"):
+                    self.logger.summary(summary_values(self.results, "map"))
+                    self.logger.finish(0)
         except BaseException:
             if self.logger is not None:
                 self.logger.finish(1)
