@@ -19,6 +19,8 @@ The paper leaves open what SPEC §6 lists; each is an option here (the defaults 
 from __future__ import annotations
 
 
+import itertools
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -130,22 +132,21 @@ class AFWStep:
             return metrics
         optimizer = torch.optim.SGD(thetas, lr=self.lr, momentum=self.momentum)
         afw_layers = [layer.weight_quant.afw for _, layer in quant_layers(model) if layer.weight_quant.afw is not None]
-        batches = task.train_batches(epochs=max(1, int(-(-self.epochs // 1))))
+        batches = iter(task.train_batches(epochs=max(1, int(-(-self.epochs // 1)))))
         n_iter = task.iterations_for(self.epochs)
         model.train()
+        # Did AFW lower its objective? Measured on the same fixed batches (its first training batches, so the
+        # batch sequence stays as it is) before the first and after the last step.
+        fixed = list(itertools.islice(batches, min(FIXED_BATCHES, n_iter)))
+        before = self.fixed_objective(model, task, afw_layers, n_theta, fixed)
         objectives = []  # on the device: read once at the end (no host sync per step)
-        for it, batch in zip(tqdm(range(n_iter), desc="AFW", leave=False), batches):
-            reg = sum(afw_regularizer(a.offsets()).sum() for a in afw_layers)
-            if self.reg_reduction == "mean":
-                reg = reg / n_theta
-            task_loss = task.loss(model, batch)
-            if self.loss_reduction == "sum":  # the batch-mean loss summed over the batch instead
-                task_loss = task_loss * task.inputs(batch).shape[0]
-            loss = task_loss + self.lam * reg
+        for it, batch in zip(tqdm(range(n_iter), desc="AFW", leave=False), itertools.chain(fixed, batches)):
+            loss = self.objective(model, task, afw_layers, n_theta, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             objectives.append(loss.detach())
+        after = self.fixed_objective(model, task, afw_layers, n_theta, fixed)
         soft = task.evaluate(model)
         changed = finalize_afw(model)
         hard = task.evaluate(model)
@@ -156,7 +157,28 @@ class AFWStep:
             if objectives else (float("nan"), float("nan"))
         return {"afw/weights": n_theta, "afw/changed_codes": changed, "afw/soft_metric": soft["metric"],
                 "afw/objective_first": first, "afw/objective_last": last,
+                "afw/objective_before": before, "afw/objective_after": after,
                 **{f"afw/{k}": v for k, v in hard.items()}}
+
+    def objective(self, model, task, afw_layers, n_theta: int, batch) -> torch.Tensor:
+        """task loss (batch mean, or summed over the batch) + λ·R (summed over the offsets, or their mean)."""
+        reg = sum(afw_regularizer(a.offsets()).sum() for a in afw_layers)
+        if self.reg_reduction == "mean":
+            reg = reg / n_theta
+        task_loss = task.loss(model, batch)
+        if self.loss_reduction == "sum":  # the batch-mean loss summed over the batch instead
+            task_loss = task_loss * task.inputs(batch).shape[0]
+        return task_loss + self.lam * reg
+
+    @torch.no_grad()
+    def fixed_objective(self, model, task, afw_layers, n_theta: int, batches) -> float:
+        """The objective's mean over `batches` at the current offsets (soft, before rounding)."""
+        if not batches:
+            return float("nan")
+        return float(sum(self.objective(model, task, afw_layers, n_theta, b) for b in batches)) / len(batches)
+
+
+FIXED_BATCHES = 4  # batches the objective is compared on, before and after AFW
 
 
 def _restore_requires_grad(model):

@@ -1,4 +1,6 @@
 """AFW (SPEC §6): g(θ), R(g), θ only on frozen weights, hard rounding; and freezing (§5)."""
+import itertools
+
 import pytest
 import torch
 
@@ -210,3 +212,20 @@ def test_afw_reports_its_objective_at_the_start_and_the_end():
     metrics = AFWStep(epochs=4, lr=0.05, loss_reduction="sum", theta_init="residual").run(model, task)
     assert metrics["afw/weights"] > 0
     assert metrics["afw/objective_last"] < metrics["afw/objective_first"]
+
+
+def test_afw_objective_on_fixed_batches_before_and_after():
+    """The objective compared on the same batches (AFW's first ones) at the start and at the end: lowered, and
+    the batch sequence AFW trains on is the one it had without the comparison."""
+    model, task = _frozen_toy()
+    step = AFWStep(epochs=4, lr=0.05, loss_reduction="sum", theta_init="residual")
+    metrics = step.run(model, task)
+    assert metrics["afw/objective_after"] < metrics["afw/objective_before"]
+    seen = []
+    real_loss = task.loss
+    task.loss = lambda m, b: seen.append(b) or real_loss(m, b)
+    step.run(_frozen_toy()[0], task)
+    n_iter, fixed = task.iterations_for(4), min(4, task.iterations_for(4))
+    trained = seen[fixed:fixed + n_iter]  # after the first comparison, before the last
+    expected = list(itertools.islice(iter(task.train_batches(epochs=4)), n_iter))
+    assert len(trained) == n_iter and all(a is b or torch.equal(a[0], b[0]) for a, b in zip(trained, expected))

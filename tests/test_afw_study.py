@@ -31,18 +31,20 @@ def _cache(rows: dict[str, list[tuple[int, float, float, float]]], before=(80.0,
     return cache
 
 
-def test_choice_needs_codes_changed_in_every_run_and_a_lowered_objective():
+def test_choice_needs_codes_changed_in_every_run_then_the_best_calibration_change():
     readings = [Reading.parse(k) for k in ("mean/zero/sum/0.001", "sum/zero/mean/0.01", "mean/residual/mean/0.001",
                                            "sum/residual/sum/0.001")]
     cache = _cache({
         "mean/zero/sum/0.001": [(0, 1, 0.9, 80.0), (0, 1, 0.9, 81.0), (0, 1, 0.9, 79.0)],       # no code: not chosen
         "sum/zero/mean/0.01": [(3, 1, 0.9, 80.5), (2, 1, 0.9, 81.4), (1, 1, 0.9, 79.6)],         # +0.5 mean
-        "mean/residual/mean/0.001": [(9, 1, 1.1, 82.0), (9, 1, 1.1, 83.0), (9, 1, 0.9, 81.0)],   # +2, objective up in 2/3
+        "mean/residual/mean/0.001": [(9, 1, 1.1, 82.0), (9, 1, 1.1, 83.0), (9, 1, 0.9, 81.0)],   # +2: chosen
         "sum/residual/sum/0.001": [(5, 1, 0.9, 80.2), (0, 1, 0.9, 81.2), (5, 1, 0.9, 79.2)],     # a run with no code
     })
     run_dirs = [f"r{i}" for i in range(3)]
     text = report(run_dirs, readings, None, cache)
-    assert "Choice" in text and "**sum/zero/mean/0.01**" in text
+    assert "Choice" in text and "**mean/residual/mean/0.001**" in text
+    summary_line = next(line for line in text.splitlines() if line.startswith("| mean/residual/mean/0.001 |"))
+    assert "9–9" in summary_line and "1/3" in summary_line and "+2.00" in summary_line
     summary_line = next(line for line in text.splitlines() if line.startswith("| sum/zero/mean/0.01 |"))
     assert "1–3" in summary_line and "3/3" in summary_line and "+0.50" in summary_line
 
