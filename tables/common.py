@@ -158,13 +158,13 @@ def claim_notes(runs: dict, table: str, model: str, label: str, key: str, bits: 
     return notes
 
 
-def fmt(values: list[float]) -> str:
+def fmt(values: list[float], digits: int = 2) -> str:
     if not values:
         return MISSING
     mean = statistics.fmean(values)
     if len(values) == 1:
-        return f"{mean:.2f} (n=1)"
-    return f"{mean:.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+        return f"{mean:.{digits}f} (n=1)"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
 
 
 def fp_values(runs: dict, table: str, model: str, key: str = "fp_top1") -> list[float]:

@@ -26,8 +26,8 @@ def phase_notes(runs: dict) -> list[str]:
             frozen = [100 * v for v in values("scalegrad+ead+afw", "freeze/fraction_frozen")]
             changed = values("scalegrad+ead+afw", "afw/changed_codes")
             if ead or frozen or changed:
-                notes.append(f"Phases, {label.split(' (')[0]} W{bits}A{bits}: codes changed by EAD {fmt(ead)}; "
-                             f"ours: frozen weights {fmt(frozen)} %, codes changed by AFW {fmt(changed)}")
+                notes.append(f"Phases, {label.split(' (')[0]} W{bits}A{bits}: codes changed by EAD {fmt(ead, 0)}; "
+                             f"ours: frozen weights {fmt(frozen)} %, codes changed by AFW {fmt(changed, 0)}")
     return notes
 
 
@@ -39,13 +39,15 @@ OSCILLATION_KEYS = [("osc/late_fraction", "oscillating faster than the final fre
 
 
 def oscillation_notes(runs: dict) -> list[str]:
-    """Share of tracked (≤ 4-bit) weights that oscillate, LSQ vs ScaleGrad+EAD, per model and bits."""
+    """Share of tracked (≤ 4-bit) weights that oscillate, LSQ, ScaleGrad, ScaleGrad+EAD and ours, per model and
+    bits."""
     notes = []
     for model, label, _ in MODELS:
         for bits in (4, 3):
             for key, meaning in OSCILLATION_KEYS:
                 cells = []
-                for recipe, name in (("lsq", "LSQ"), ("scalegrad+ead", "ScaleGrad+EAD")):
+                for recipe, name in (("lsq", "LSQ"), ("scalegrad", "ScaleGrad"), ("scalegrad+ead", "ScaleGrad+EAD"),
+                                     ("scalegrad+ead+afw", "ours (EAD with freezing, AFW)")):
                     vals = [100 * v for v in seed_values(runs, TABLE, model, recipe, bits, key)]
                     if vals:
                         cells.append(f"{name} {fmt(vals)} %")
