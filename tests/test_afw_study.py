@@ -55,6 +55,7 @@ def test_no_reading_acting_is_said():
     assert "none: no reading acted in every run" in text
 
 
+@pytest.mark.slow  # trains a smoke ours run and its parent (~3 min on 2 loaded cores)
 def test_study_on_a_run_resumes_from_its_cache(tmp_path, smoke_env):
     out = tmp_path / "ours"
     run_train(["--recipe", "scalegrad+ead+afw", "--bits", "3", "--preset", "smoke", "--no-wandb", "--out", str(out)],
