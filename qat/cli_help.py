@@ -61,8 +61,8 @@ METHOD_HELP: dict[str, str] = {
     "afw_epochs": "AFW fine-tuning epochs (SPEC §6); None: the preset's (paper: 10)",
     "afw_loss": "AFW task loss against λ: the batch mean (the paper at face value) or summed over the batch "
                 "(SPEC §6, qat/afw.py)",
-    "afw_theta_init": "AFW θ initialisation: zero (g starts at the frozen code) or the latent weight's residual "
-                      "w/s − w_int (AdaRound's; SPEC §6)",
+    "afw_theta_init": "AFW θ initialisation: the latent weight's residual w/s − w_int (AdaRound's; the default, "
+                      "chosen on the calibration split, DEVIATIONS 7c) or zero (g starts at the frozen code; SPEC §6)",
     "afw_reg": "AFW regulariser: λ·Σ R(g) (sum) or λ times the mean of R(g) over the offsets (mean; SPEC §6)",
     "damp_weight": "Damp λ_final: the dampening loss weight at the end of its cosine ramp (SPEC §7)",
     "ema_decay": "RedYolo EMA decay of latent weights and step sizes (SPEC §7)",

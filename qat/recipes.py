@@ -62,8 +62,8 @@ class MethodConfig:
     afw_lambda: float = 0.1
     afw_lr: float = 1e-3
     afw_epochs: float | None = None        # None = the preset's budget (paper: 10)
-    afw_loss: str = "mean"                 # task loss against λ: batch "mean" (face value) or "sum" (qat/afw.py)
-    afw_theta_init: str = "zero"           # θ from 0 or from the latent weight's "residual" (qat/afw.py)
+    afw_loss: str = "mean"                 # task loss against λ: batch "mean" (as the paper) or "sum" (qat/afw.py)
+    afw_theta_init: str = "residual"       # θ from the latent weight's "residual" or from 0 (qat/afw.py; DEVIATIONS 7c)
     afw_reg: str = "sum"                   # λ·Σ R(g) ("sum") or λ·mean R(g) ("mean", λ per weight)
     damp_weight: float = 0.1
     ema_decay: float = 0.9999

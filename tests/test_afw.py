@@ -167,7 +167,7 @@ def _theta_step(monkeypatch, loss_reduction):
         thetas.extend(attach_afw(*args, **kwargs))
         return thetas
     monkeypatch.setattr(afw_module, "attach_afw", attach_and_keep)
-    AFWStep(epochs=1, lr=1.0, momentum=0.0, lam=0.0, loss_reduction=loss_reduction).run(model, task)
+    AFWStep(epochs=1, lr=1.0, momentum=0.0, lam=0.0, loss_reduction=loss_reduction, theta_init="zero").run(model, task)
     return [t.detach().clone() for t in thetas]
 
 
