@@ -8,9 +8,9 @@ its integer code and all step sizes stay fixed:
 
 At the end g is hard-rounded to {−1, 0, 1} and the codes are written back into the latent weights.
 
-The paper leaves open what SPEC §6 lists; each is an option here. The defaults are the paper's (batch-mean loss,
-λ·ΣR, SGD lr 1e-3) with θ started from the residual, the reading a five-seed study on the calibration split chose
-(docs/AFW_SENSITIVITY.md, DEVIATIONS 7c); at face value (θ = 0) no code changes on the proxy:
+The paper leaves open what SPEC §6 lists; each is an option here. The defaults are the reading a five-seed study
+on the calibration split chose (docs/AFW_SENSITIVITY.md, DEVIATIONS 7c): the paper's batch-mean loss and SGD lr
+1e-3, θ started from the residual, λ per offset (λ·mean R); at face value (θ = 0) no code changes on the proxy:
 - `loss_reduction`: the task loss as the task gives it, a batch mean ("mean"), or summed over the batch ("sum",
   the Ultralytics convention the paper's detectors train with). With "mean" and λ = 0.1 a code can flip only where
   |s·∂L/∂ŵ| > 0.4·λ for that weight (R' peaks at 0.399), which no proxy weight reaches.
@@ -114,7 +114,7 @@ class AFWStep:
     name = "afw"
 
     def __init__(self, epochs: float = 10, lr: float = 1e-3, momentum: float = 0.9, gamma: float = 1.1,
-                 lam: float = 0.1, loss_reduction: str = "mean", theta_init: str = "residual", reg_reduction: str = "sum"):
+                 lam: float = 0.1, loss_reduction: str = "mean", theta_init: str = "residual", reg_reduction: str = "mean"):
         if loss_reduction not in LOSS_REDUCTIONS:
             raise ValueError(f"AFW: unknown loss_reduction {loss_reduction!r}; choose from {', '.join(LOSS_REDUCTIONS)}")
         if reg_reduction not in REG_REDUCTIONS:

@@ -63,7 +63,7 @@ METHOD_HELP: dict[str, str] = {
                 "(SPEC §6, qat/afw.py)",
     "afw_theta_init": "AFW θ initialisation: the latent weight's residual w/s − w_int (AdaRound's; the default, "
                       "chosen on the calibration split, DEVIATIONS 7c) or zero (g starts at the frozen code; SPEC §6)",
-    "afw_reg": "AFW regulariser: λ·Σ R(g) (sum) or λ times the mean of R(g) over the offsets (mean; SPEC §6)",
+    "afw_reg": "AFW regulariser: λ times the mean of R(g) over the offsets (mean, the default; DEVIATIONS 7c) or λ·Σ R(g) (sum; SPEC §6)",
     "damp_weight": "Damp λ_final: the dampening loss weight at the end of its cosine ramp (SPEC §7)",
     "ema_decay": "RedYolo EMA decay of latent weights and step sizes (SPEC §7)",
     "ema_ramp": "RedYolo EMA ramp: the decay at iteration t is decay·(1 - exp(-t/ramp)) (SPEC §7)",

@@ -64,7 +64,7 @@ class MethodConfig:
     afw_epochs: float | None = None        # None = the preset's budget (paper: 10)
     afw_loss: str = "mean"                 # task loss against λ: batch "mean" (as the paper) or "sum" (qat/afw.py)
     afw_theta_init: str = "residual"       # θ from the latent weight's "residual" or from 0 (qat/afw.py; DEVIATIONS 7c)
-    afw_reg: str = "sum"                   # λ·Σ R(g) ("sum") or λ·mean R(g) ("mean", λ per weight)
+    afw_reg: str = "mean"                  # λ·mean R(g) ("mean", λ per weight; DEVIATIONS 7c) or λ·Σ R(g) ("sum")
     damp_weight: float = 0.1
     ema_decay: float = 0.9999
     ema_ramp: float = 2000

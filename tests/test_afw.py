@@ -209,7 +209,7 @@ def test_residual_init_starts_g_at_the_latent_weights_residual():
 
 def test_afw_reports_its_objective_at_the_start_and_the_end():
     model, task = _frozen_toy()
-    metrics = AFWStep(epochs=4, lr=0.05, loss_reduction="sum", theta_init="residual").run(model, task)
+    metrics = AFWStep(epochs=4, lr=0.05, loss_reduction="sum", theta_init="residual", reg_reduction="sum").run(model, task)
     assert metrics["afw/weights"] > 0
     assert metrics["afw/objective_last"] < metrics["afw/objective_first"]
 
@@ -218,7 +218,7 @@ def test_afw_objective_on_fixed_batches_before_and_after():
     """The objective compared on the same batches (AFW's first ones) at the start and at the end: lowered, and
     the batch sequence AFW trains on is the one it had without the comparison."""
     model, task = _frozen_toy()
-    step = AFWStep(epochs=4, lr=0.05, loss_reduction="sum", theta_init="residual")
+    step = AFWStep(epochs=4, lr=0.05, loss_reduction="sum", theta_init="residual", reg_reduction="sum")
     metrics = step.run(model, task)
     assert metrics["afw/objective_after"] < metrics["afw/objective_before"]
     seen = []
