@@ -101,7 +101,8 @@ def measure_run(run_dir: Path, readings: list[Reading], epochs: list[float] | No
     trainer = model = task = None
     for reading in readings:
         for ep in epochs or [None]:
-            if f"{reading.key()}@{ep}" in done:
+            key = f"{reading.key()}@{ep}"
+            if key in done:
                 continue
             if model is None:
                 trainer, model = trained_model(run_dir)
@@ -113,13 +114,12 @@ def measure_run(run_dir: Path, readings: list[Reading], epochs: list[float] | No
             step = AFWStep(n_epochs, reading.lr, gamma=m.afw_gamma, lam=m.afw_lambda, loss_reduction=reading.loss,
                            theta_init=reading.theta_init, reg_reduction=reading.reg)
             r = step.run(copy.deepcopy(model), task)
-            done[f"{reading.key()}@{ep}"] = {
+            row = done[key] = {
                 "epochs": n_epochs, "offsets": r["afw/weights"], "changed": r["afw/changed_codes"],
                 "objective_first": r.get("afw/objective_first"), "objective_last": r.get("afw/objective_last"),
                 "objective_before": r.get("afw/objective_before"), "objective_after": r.get("afw/objective_after"),
                 "top1": r.get("afw/top1", r.get("afw/metric"))}
             save()
-            row = done[f"{reading.key()}@{ep}"]
             print(f"{run_dir} {reading.key()} epochs {n_epochs:g}: {row['changed']} codes, calib "
                   f"{row['top1']:.2f} ({row['top1'] - done['before']:+.2f})", flush=True)
 
@@ -155,7 +155,7 @@ def report(run_dirs: list[Path], readings: list[Reading], epochs: list[float] | 
             before[seed], after[seed] = done["before"], row["top1"]
             changed.append(row["changed"])
             start, end = objective_change(row)
-            lowered += int(end is not None and start is not None and end < start)
+            lowered += int(end < start)
             lines.append(f"| {run_dir} | {reading.key()} | {row['epochs']:g} | {row['offsets']} | {row['changed']} | "
                          f"{start:.4g} → {end:.4g} | {row['top1']:.2f} | "
                          f"{row['top1'] - done['before']:+.2f} |")
@@ -170,9 +170,9 @@ def report(run_dirs: list[Path], readings: list[Reading], epochs: list[float] | 
         lines.append(f"| {s['reading']} | {ep} | {s['n']} | {min(s['changed'])}–{max(s['changed'])} | "
                      f"{s['lowered']}/{s['n']} | {s['diff'].describe()} | {s['diff'].verdict()} |")
     chosen = choose(summary)
-    lines += ["", "Choice (readings that changed codes in every run, then the highest mean calibration Δ): " + (f"**{chosen['reading']}** ({chosen['diff'].describe()}, "
-                                                  f"{chosen['diff'].verdict()} against no AFW)" if chosen else
-                                                  "none: no reading acted in every run")]
+    verdict = (f"**{chosen['reading']}** ({chosen['diff'].describe()}, {chosen['diff'].verdict()} against no AFW)"
+               if chosen else "none: no reading acted in every run")
+    lines += ["", f"Choice (readings that changed codes in every run, then the highest mean calibration Δ): {verdict}"]
     return "\n".join(lines) + "\n"
 
 
