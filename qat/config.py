@@ -141,6 +141,18 @@ def fp_run_dir(preset: str, model: str) -> Path:
     return runs_root() / preset / run_name(FP_TABLE, model, "fp", 0, 0)
 
 
+# RunConfig fields that override a preset's budgets (the FP run that trains a cached FP model takes none of them).
+BUDGET_OVERRIDES = ("epochs", "lr", "batch_size", "train_subset", "imgsz", "fraction", "max_iterations")
+
+
+def writes_fp_cache(cfg: "RunConfig") -> bool:
+    """Whether an FP run trains its preset's cached FP model: the FP table's seed-0 run in its own directory with
+    the preset's budgets. Any other FP run (a study with --epochs, another seed or table, --out) keeps its model in
+    its run directory: a cached model always is what its recorded preset budgets say."""
+    return (cfg.is_fp and cfg.out is None and cfg.table == FP_TABLE and cfg.seed == 0
+            and all(getattr(cfg, k) is None for k in BUDGET_OVERRIDES))
+
+
 def fp_cache_path(model: str, preset: str) -> Path:
     """Cached FP checkpoint of a proxy model, shared by every QAT run of that model and preset size."""
     return Path(os.environ.get("QAT_CHECKPOINTS", REPO / "checkpoints")) / "fp" / f"{model}-{preset}.pt"

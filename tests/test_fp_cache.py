@@ -1,8 +1,11 @@
 """The cached FP model: its metric is recorded with it (a run measures each model state once), and it is
 refused when the preset's FP budgets changed since it was trained."""
+from dataclasses import replace
+
 import pytest
 
-from qat.config import RunConfig, check_fp_budgets
+from qat.config import RunConfig, check_fp_budgets, fp_cache_path, writes_fp_cache
+from qat.run.lifecycle import fp_config
 from qat.presets import CLASSIFICATION as PRESETS
 from qat.train.classification import Trainer
 
@@ -51,3 +54,24 @@ def test_fp_budget_check_passes_equal_budgets_and_refuses_unrecorded_ones():
     check_fp_budgets("x.pt", dict(PRESETS["proxy"], qat_epochs=99), "proxy", PRESETS["proxy"])  # not an FP budget
     with pytest.raises(ValueError, match="records no preset budgets"):  # written by older code
         check_fp_budgets("x.pt", None, "proxy", PRESETS["proxy"])
+
+
+def test_an_fp_study_leaves_the_cached_fp_model_alone(fp_result, tmp_path):
+    """An FP run with other budgets (here another table and --epochs, as `train_fp_detector.py --epochs 10
+    --table study` once did) overwrote the preset's cached model, which then claimed the preset's budgets."""
+    cache = fp_cache_path("mobilenetv2", "smoke")
+    before = cache.read_bytes()
+    study = Trainer(RunConfig(recipe="fp", preset="smoke", table="study", epochs=1, wandb=False, out=None))
+    study.run()
+    assert cache.read_bytes() == before and (study.run_dir / "final.pt").is_file()
+
+
+def test_only_the_presets_fp_run_writes_the_cache():
+    fp = RunConfig(recipe="fp", preset="smoke", table="fp")
+    assert writes_fp_cache(fp)
+    for study in (dict(epochs=5), dict(lr=0.1), dict(batch_size=8), dict(train_subset=64), dict(max_iterations=3),
+                  dict(seed=1), dict(table="study"), dict(out="elsewhere")):
+        assert not writes_fp_cache(replace(fp, **study)), study
+    # the FP run a QAT run trains first when the cache is missing is the preset's, whatever the QAT run overrides
+    qat = RunConfig(recipe="lsq", preset="smoke", seed=3, epochs=2, batch_size=8, lr=0.5, table="t", out="o")
+    assert writes_fp_cache(fp_config(qat))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ULTRALYTICS_DETECTORS, RunConfig, detector_fp_cache, path_digest
+from ..config import ULTRALYTICS_DETECTORS, RunConfig, detector_fp_cache, path_digest, writes_fp_cache
 from ..recipes import get_recipe
 from ..run.lifecycle import CHECKPOINT, fp_weights, start_point
 from ..run.wall_clock import WallClock
@@ -92,7 +92,7 @@ def _train(c: RunConfig) -> dict:
     p = c.preset_value
     save_fp_to = None
     if c.is_fp:
-        save_fp_to = str(detector_fp_cache(c.model, c.preset, digest) if c.out is None else c.run_dir / "fp.pt")
+        save_fp_to = str(detector_fp_cache(c.model, c.preset, digest) if writes_fp_cache(c) else c.run_dir / "fp.pt")
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
     overrides = dict(model=ULTRALYTICS_DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
                      batch=c.batch_size or p("batch_size"), lr0=c.training_lr, seed=c.seed, device=c.device,

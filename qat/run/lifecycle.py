@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import FP_TABLE, check_fp_budgets
+from ..config import BUDGET_OVERRIDES, FP_TABLE, check_fp_budgets
 from ..prepare.pipeline import PrologueOptions
 from ..recipes import MethodConfig, get_recipe
 from ..run_dir import check_parent
@@ -88,9 +88,8 @@ def start_point(cfg, train, barrier=lambda: None, announce=print) -> Start:
 
 def fp_config(cfg):
     """The FP run that trains the cached FP model of a QAT run: same model, preset and data, the preset's FP
-    budgets, in the FP table."""
-    return replace(cfg, recipe="fp", out=None, resume=True, epochs=None, lr=None, max_iterations=None,
-                   table=FP_TABLE, **{k: None for k in ("train_subset", "fraction") if hasattr(cfg, k)})
+    budgets, seed 0, in the FP table (`writes_fp_cache`)."""
+    return replace(cfg, recipe="fp", out=None, resume=True, seed=0, table=FP_TABLE, **dict.fromkeys(BUDGET_OVERRIDES))
 
 
 def fp_weights(cfg, cache: Path, recorded_budgets, train, barrier=lambda: None, announce=print) -> Path:

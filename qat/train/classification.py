@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, fp_cache_path
+from ..config import RunConfig, fp_cache_path, writes_fp_cache
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..freeze import without_layer_statistics
 from ..hooks import TrainState
@@ -294,7 +294,7 @@ class Trainer:
         c = self.cfg
         done = finished_result(self.run_dir)
         if done is not None:
-            if c.is_fp and is_main() and not self.fp_cache().is_file():  # the cached FP model was deleted
+            if writes_fp_cache(c) and is_main() and not self.fp_cache().is_file():  # the cached FP model was deleted
                 ckpt.save({"model": ckpt.load_model_weights(self.run_dir / FINAL), "config": c.to_dict(),
                            self.metric: done[self.metric]}, self.fp_cache())
             _announce(f"[qat] {c.run_name}: finished already ({self.run_dir / 'result.json'})")
@@ -481,7 +481,7 @@ class Trainer:
             if post_steps:
                 result[k] = self.timed_evaluate(model)[k]
         result.setdefault(k, result[f"{k}_trained"])  # no post step: the trained model is the final one
-        if c.is_fp and is_main():
+        if writes_fp_cache(c) and is_main():
             self.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]}, self.fp_cache())
         if is_main():
             self.save({"model": model.state_dict(), "result": result}, self.run_dir / FINAL)
