@@ -94,7 +94,7 @@ class OscillationTrackingHook(TrainingHook):
         if self.window_start is not None or state.progress < 1 - self.window:
             return
         self.window_start = state.iteration
-        self.counts_at_start = {name: layer.weight_quant.tracker.count.to(torch.int32)
+        self.counts_at_start = {name: layer.weight_quant.tracker.count.clone()  # a copy: count grows in place
                                 for name, layer in low_bit_layers(state.model)
                                 if layer.weight_quant.tracker is not None and layer.weight_quant.tracker.count is not None}
 

@@ -116,10 +116,8 @@ def _kernel(key, serial: bool):
     if fn is None:
         if key == "forward":
             src, name = _forward_math, "lsq_fused_forward"
-        elif key == "oscillation":
-            src, name = _oscillation_plain, "lsq_fused_oscillation"
-        elif key == "oscillation_frozen":
-            src, name = _oscillation_frozen, "lsq_fused_oscillation_frozen"
+        elif key[0] == "oscillation":
+            src, name = _OSCILLATION_VARIANTS[key[1:]]
         else:
             _, per_channel, dist, need_gx, need_gs = key
             src = _backward_variant(per_channel, dist, need_gx, need_gs)
@@ -248,35 +246,57 @@ def _oscillation_math(w, step, p, previous, last_direction, frequency, count, in
     w_int = torch.clamp(torch.round(w / step), p[0], p[1])  # WeightQuantizer.codes: no step clamp
     if frozen_mask is not None:
         w_int = torch.where(frozen_mask, frozen_codes, w_int)
-    w_int = w_int.to(previous.dtype)
-    direction = torch.sign(w_int - previous).to(torch.int8)
+    w_int = w_int.to(torch.float32)
+    # `previous` holds the codes in the grid's integer dtype (int8 for ≤ 8-bit signed grids): the difference is
+    # taken in float32, where every code is exact and nothing can overflow.
+    direction = torch.sign(w_int - previous.to(torch.float32)).to(torch.int8)
     oscillated = (direction != 0) & (direction == -last_direction)
     m, keep = p[2], p[3]  # momentum and 1 - momentum
     frequency.copy_(frequency * keep + oscillated.to(frequency.dtype) * m)
     count.add_(oscillated.to(count.dtype))
     last_direction.copy_(torch.where(direction != 0, direction, last_direction))
-    int_ema.copy_(int_ema * keep + w_int.to(int_ema.dtype) * m)
-    previous.copy_(w_int)
+    if int_ema is not None:  # allocated from freeze onset on (OscillationTracker.start_code_ema)
+        int_ema.copy_(int_ema * keep + w_int.to(int_ema.dtype) * m)
+    previous.copy_(w_int.to(previous.dtype))
 
 
-def _oscillation_plain(w, step, p, previous, last_direction, frequency, count, int_ema):
+# One code object per variant (frozen codes or not, code EMA or not), each with its own Dynamo cache.
+def _oscillation_plain(w, step, p, previous, last_direction, frequency, count):
+    _oscillation_math(w, step, p, previous, last_direction, frequency, count, None, None, None)
+
+
+def _oscillation_plain_ema(w, step, p, previous, last_direction, frequency, count, int_ema):
     _oscillation_math(w, step, p, previous, last_direction, frequency, count, int_ema, None, None)
 
 
-def _oscillation_frozen(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask, frozen_codes):
+def _oscillation_frozen(w, step, p, previous, last_direction, frequency, count, frozen_mask, frozen_codes):
+    _oscillation_math(w, step, p, previous, last_direction, frequency, count, None, frozen_mask, frozen_codes)
+
+
+def _oscillation_frozen_ema(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask,
+                            frozen_codes):
     _oscillation_math(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask, frozen_codes)
+
+
+_OSCILLATION_VARIANTS = {
+    (False, False): (_oscillation_plain, "lsq_fused_oscillation"),
+    (False, True): (_oscillation_plain_ema, "lsq_fused_oscillation_ema"),
+    (True, False): (_oscillation_frozen, "lsq_fused_oscillation_frozen"),
+    (True, True): (_oscillation_frozen_ema, "lsq_fused_oscillation_frozen_ema"),
+}
 
 
 def oscillation_update_(weight: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, momentum: float,
                         previous: torch.Tensor, last_direction: torch.Tensor, frequency: torch.Tensor,
-                        count: torch.Tensor, int_ema: torch.Tensor, frozen_mask: torch.Tensor | None = None,
+                        count: torch.Tensor, int_ema: torch.Tensor | None, frozen_mask: torch.Tensor | None = None,
                         frozen_codes: torch.Tensor | None = None) -> bool:
     """`OscillationTracker.update(codes)` with codes = clamp(round(w/s), qmin, qmax) (frozen codes
-    substituted where `frozen_mask`), fused into one in-place kernel over the tracker's state.
+    substituted where `frozen_mask`), fused into one in-place kernel over the tracker's state. `int_ema`
+    None: no code EMA yet (before freeze onset), the kernel neither reads nor writes one.
 
     Returns False, touching nothing, when the fused path does not apply (then run the eager update).
     """
-    state = (previous, last_direction, frequency, count, int_ema)
+    state = (previous, last_direction, frequency, count) + (() if int_ema is None else (int_ema,))
     extra = () if frozen_mask is None else (frozen_mask, frozen_codes)
     if not fused_enabled() or weight.dtype not in _FUSED_DTYPES:
         return False
@@ -296,7 +316,7 @@ def oscillation_update_(weight: torch.Tensor, step: torch.Tensor, qmin: int, qma
     if p is None:
         p = _params_cache[key] = torch.tensor([qmin, qmax, momentum, 1 - momentum], dtype=torch.float32,
                                               device=weight.device)
-    fn = _kernel("oscillation_frozen" if extra else "oscillation", _serial(weight))
+    fn = _kernel(("oscillation", bool(extra), int_ema is not None), _serial(weight))
     try:
         _check_platform()
         with torch.no_grad():

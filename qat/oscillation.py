@@ -8,7 +8,8 @@ EMA started at 0 would need ≥ 1/m iterations to mean "oscillations per iterati
 iterations a weight oscillating once per 100 iterations could never pass Nagel's 0.01 threshold; corrected,
 it passes it at every budget (and the correction vanishes at the paper's budgets). docs/DEVIATIONS.md.
 It also keeps the EMA of w_int itself (same momentum), which freezing (§5) rounds to the frozen code; that
-EMA restarts when freezing switches on (`start_code_ema`) and is read bias-corrected too (`code_ema`).
+EMA starts when freezing switches on (`start_code_ema`, which allocates it) and is read bias-corrected too
+(`code_ema`).
 """
 from __future__ import annotations
 
@@ -16,15 +17,20 @@ import torch
 
 
 class OscillationTracker:
+    """Per-weight state, held in memory in the narrowest exact dtypes (10 bytes a tracked weight, 14 once
+    freezing starts the code EMA): `previous` in the grid's integer dtype (`code_dtype`: int8 up to 8-bit
+    signed codes), `last_direction` int8, `frequency` float32 (the m = 0.001 EMA needs float32's precision),
+    `count` int32, and `int_ema` float32, allocated only by `start_code_ema` (None before: no update touches it)."""
+
     def __init__(self, momentum: float = 0.001):
         if not 0.0 < momentum <= 1.0:
             raise ValueError(f"oscillation momentum must lie in (0, 1], got {momentum}")
         self.momentum = momentum
-        self.previous: torch.Tensor | None = None    # w_int(t−1)
+        self.previous: torch.Tensor | None = None    # w_int(t−1), integer dtype of the grid
         self.last_direction: torch.Tensor | None = None  # sign of the last non-zero d (0 = none yet)
         self.frequency: torch.Tensor | None = None
         self.count: torch.Tensor | None = None
-        self.int_ema: torch.Tensor | None = None
+        self.int_ema: torch.Tensor | None = None     # EMA of w_int since `start_code_ema`; None before
         self.updates = 0                 # n: frequency updates so far (host-side count, no sync)
         self.code_ema_from: int | None = None  # n when the code EMA (re)started; None = not yet
 
@@ -40,44 +46,52 @@ class OscillationTracker:
 
     @torch.no_grad()
     def start_code_ema(self) -> None:
-        """Restart the EMA of w_int from here (freeze onset, SPEC §5): earlier codes no longer count."""
-        self.int_ema.zero_()
+        """Start (or restart) the EMA of w_int from here (freeze onset, SPEC §5): earlier codes do not count."""
+        if self.previous is None:
+            raise RuntimeError("start_code_ema() needs a tracker that has seen its first update")
+        if self.int_ema is None:
+            self.int_ema = torch.zeros_like(self.previous, dtype=torch.float32)
+        else:
+            self.int_ema.zero_()
         self.code_ema_from = self.updates
 
     def code_ema(self) -> torch.Tensor:
         """Bias-corrected EMA of w_int since `start_code_ema` (the current codes before its first update)."""
         n = self.updates - self.code_ema_from
         if n == 0:
-            return self.previous
+            return self.previous.to(torch.float32)
         return self.int_ema / (1.0 - (1.0 - self.momentum) ** n)
 
     @torch.no_grad()
-    def update(self, w_int: torch.Tensor) -> None:
+    def update(self, w_int: torch.Tensor, qmin: int, qmax: int) -> None:
+        """One step of SPEC §4 with the codes `w_int` (float or integer values on the grid [qmin, qmax])."""
         w_int = w_int.detach()
+        if not w_int.is_floating_point():  # integer codes: the difference below in float, never overflowing
+            w_int = w_int.float()
         if self.previous is None:
-            self.previous = w_int.clone()
+            self.previous = w_int.to(code_dtype(qmin, qmax), copy=True)
             self.last_direction = torch.zeros_like(w_int, dtype=torch.int8)
             self.frequency = torch.zeros_like(w_int, dtype=torch.float32)
-            self.count = torch.zeros_like(w_int, dtype=torch.int64)
-            self.int_ema = w_int.clone().float()
+            self.count = torch.zeros_like(w_int, dtype=torch.int32)
             return
         if w_int.shape != self.previous.shape:
             raise ValueError(f"tracker got shape {tuple(w_int.shape)}, expected {tuple(self.previous.shape)}")
-        direction = torch.sign(w_int - self.previous).to(torch.int8)
+        direction = torch.sign(w_int - self.previous).to(torch.int8)  # float codes: the difference in float
         oscillated = (direction != 0) & (direction == -self.last_direction)
         m = self.momentum
         self.frequency.mul_(1 - m).add_(oscillated.float(), alpha=m)
         self.count += oscillated
         self.last_direction = torch.where(direction != 0, direction, self.last_direction)
-        self.int_ema.mul_(1 - m).add_(w_int.float(), alpha=m)
+        if self.int_ema is not None:
+            self.int_ema.mul_(1 - m).add_(w_int.float(), alpha=m)
         self.previous.copy_(w_int)
         self.updates += 1
 
     @torch.no_grad()
     def update_fused(self, weight: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, frozen=None) -> bool:
-        """`update(codes)` with codes = clamp(round(w/s)) (a frozen weight's code where `frozen.mask`) in one
-        in-place pass over the state (qat/kernels.py). False, touching nothing, where the fused path does not
-        apply (before the first update, or no compiled kernels): then call `update(codes)`."""
+        """`update(codes, qmin, qmax)` with codes = clamp(round(w/s)) (a frozen weight's code where
+        `frozen.mask`) in one in-place pass over the state (qat/kernels.py). False, touching nothing, where the
+        fused path does not apply (before the first update, or no compiled kernels): then call `update`."""
         if self.previous is None:
             return False
         from . import kernels
@@ -89,20 +103,13 @@ class OscillationTracker:
         return done
 
     def state_dict(self) -> dict:
-        # Checkpoints hold the integer-valued state in the narrowest exact dtype: 21 bytes a weight become 14
-        # (a QAT checkpoint of YOLOv8-m carried 5 times the model's size in tracker state).
-        state = {k: getattr(self, k) for k in ("momentum", "last_direction", "frequency", "int_ema", "updates",
-                                               "code_ema_from")}
-        state["previous"] = stored_codes(self.previous)
-        state["count"] = None if self.count is None else self.count.to(torch.int32)
-        return state
+        # The state is already held in its narrowest exact dtypes (class docstring): checkpoints store it as is.
+        return {k: getattr(self, k) for k in ("momentum", "previous", "last_direction", "frequency", "count",
+                                              "int_ema", "updates", "code_ema_from")}
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
             setattr(self, k, v)
-        self.previous = loaded_codes(self.previous)
-        if self.count is not None:
-            self.count = self.count.to(torch.int64)
 
     def fraction_oscillating(self, threshold: float = 0.005) -> float:
         """Share of weights whose bias-corrected oscillation frequency exceeds `threshold` (a host sync:
@@ -112,16 +119,24 @@ class OscillationTracker:
         return float((self.bias_corrected_frequency() > threshold).float().mean())
 
 
+def code_dtype(qmin: int, qmax: int) -> torch.dtype:
+    """The narrowest signed integer dtype that holds every code of the grid [qmin, qmax] exactly (int8 for
+    any signed grid up to 8 bits, int16 for an unsigned 8-bit one)."""
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        if torch.iinfo(dtype).min <= qmin and qmax <= torch.iinfo(dtype).max:
+            return dtype
+    raise ValueError(f"no integer dtype up to int32 holds the grid [{qmin}, {qmax}]")
+
+
 def stored_codes(codes: torch.Tensor | None) -> torch.Tensor | None:
     """Integer codes held in a float tensor, as the narrowest integer dtype that holds them exactly (a
     checkpoint's 1 byte a weight at ≤ 8 bits instead of 4); anything else unchanged."""
     if codes is None or not codes.is_floating_point() or codes.numel() == 0 or not torch.equal(codes, codes.round()):
         return codes
     low, high = codes.min().item(), codes.max().item()
-    for dtype in (torch.int8, torch.int16, torch.int32):
-        if torch.iinfo(dtype).min <= low and high <= torch.iinfo(dtype).max:
-            return codes.to(dtype)
-    return codes
+    if low < torch.iinfo(torch.int32).min or high > torch.iinfo(torch.int32).max:
+        return codes
+    return codes.to(code_dtype(int(low), int(high)))
 
 
 def loaded_codes(codes: torch.Tensor | None) -> torch.Tensor | None:

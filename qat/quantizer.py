@@ -101,7 +101,7 @@ class WeightQuantizer(Quantizer):
             w_hat = self.frozen.apply(w_hat, self.step, grad_scale)
         if self.tracker is not None and self.training and \
                 not self.tracker.update_fused(weight, self.step, self.qmin, self.qmax, self.frozen):
-            self.tracker.update(self.effective_codes(weight))
+            self.tracker.update(self.effective_codes(weight), self.qmin, self.qmax)
         return w_hat
 
 

@@ -392,9 +392,13 @@ def main(argv=None):
                          }.get((dev, name, size))
                 if limit is not None:
                     checks.append((f"{dev} step QAT/FP time, {name} {size}", wall["QAT fused"] / wall["FP"], limit))
-                checks.append((f"{dev} step QAT/FP peak memory, {name} {size}", mem["QAT fused"] / mem["FP"], 1.3))
+                # peak memory: issue 16's per-model targets on the CPU proxies, issue 7's 1.3 elsewhere
+                mem_limit = {("cpu", "mobilenetv2", "proxy"): 1.2, ("cpu", "resnet18", "proxy"): 1.5}.get(
+                    (dev, name, size), 1.3)
+                checks.append((f"{dev} step QAT/FP peak memory, {name} {size}", mem["QAT fused"] / mem["FP"],
+                               mem_limit))
     if checks:
-        print("\n## Targets (issue 7; wall-time medians)")
+        print("\n## Targets (issues 7 and 16; wall-time medians)")
         for what, ratio, limit in checks:
             print(f"  {'met ' if ratio <= limit else 'MISS'}  {ratio:5.2f} <= {limit:.2f}  {what}")
     reason = kernels.disabled_reason()

@@ -26,13 +26,13 @@ def track(layer, oscillating: dict[int, int], momentum: float = 0.1) -> None:
     """Give `layer` a tracker whose weights at the flat indices in `oscillating` flip between two codes that many
     times (through the tracker's own update, so the test holds whatever its internals)."""
     layer.weight_quant.tracker = tracker = OscillationTracker(momentum)
-    codes = torch.zeros_like(layer.weight)
-    tracker.update(codes)
+    codes, grid = torch.zeros_like(layer.weight), (layer.weight_quant.qmin, layer.weight_quant.qmax)
+    tracker.update(codes, *grid)
     for t in range(1, 2 + max(oscillating.values(), default=0)):
         for index, times in oscillating.items():
             if t <= times + 1:
                 codes.view(-1)[index] = t % 2
-        tracker.update(codes.clone())
+        tracker.update(codes.clone(), *grid)
 
 
 def test_choice_is_the_layer_channel_and_weights_that_oscillate_most():

@@ -4,11 +4,13 @@ import torch
 
 from qat.oscillation import OscillationTracker
 
+GRID = (-8, 7)  # signed 4-bit
+
 
 def run(sequence, momentum=0.5):
     tracker = OscillationTracker(momentum)
     for codes in sequence:
-        tracker.update(torch.tensor(codes, dtype=torch.float32))
+        tracker.update(torch.as_tensor(codes, dtype=torch.float32), *GRID)
     return tracker
 
 
@@ -29,10 +31,13 @@ def test_frequency_is_the_ema_of_oscillations():
     assert t.frequency.tolist() == pytest.approx([expected, 0.0])
 
 
-def test_int_ema_tracks_codes():
+def test_int_ema_exists_from_its_start_and_tracks_codes():
     m = 0.25
-    t = run([[0.0], [4.0]], momentum=m)
-    assert t.int_ema.item() == pytest.approx(m * 4.0)
+    t = run([[0.0], [1.0]], momentum=m)
+    assert t.int_ema is None, "no code EMA (and no memory for one) before start_code_ema"
+    t.start_code_ema()
+    t.update(torch.tensor([4.0]), *GRID)
+    assert t.int_ema.dtype == torch.float32 and t.int_ema.item() == pytest.approx(m * 4.0)
 
 
 def test_bias_corrected_frequency_means_the_same_at_every_budget():
@@ -54,7 +59,7 @@ def test_code_ema_restarts_and_is_bias_corrected():
     t.start_code_ema()
     assert float(t.code_ema()) == -3.0  # no update since the start: the current code
     for c in (2.0, 2.0, 3.0):
-        t.update(torch.tensor([c]))
+        t.update(torch.tensor([c]), *GRID)
     ema = ((0.5 * 2) * 0.5 + 0.5 * 2) * 0.5 + 0.5 * 3  # 2.25, from 0
     assert float(t.code_ema()) == pytest.approx(ema / (1 - 0.5 ** 3))
 
@@ -62,7 +67,12 @@ def test_code_ema_restarts_and_is_bias_corrected():
 def test_shape_change_is_an_error():
     t = run([[0, 0]])
     with pytest.raises(ValueError):
-        t.update(torch.zeros(3))
+        t.update(torch.zeros(3), *GRID)
+
+
+def test_code_ema_needs_a_first_update():
+    with pytest.raises(RuntimeError, match="first update"):
+        OscillationTracker().start_code_ema()
 
 
 def test_tracker_updates_only_on_training_forwards():
@@ -84,24 +94,33 @@ def test_tracker_updates_only_on_training_forwards():
     assert layer.weight_quant.tracker.previous is not None
 
 
-def test_checkpointed_tracker_continues_exactly_and_stores_narrow_integers(tmp_path):
+@pytest.mark.parametrize("ema_started", [False, True], ids=["before-onset", "after-onset"])
+def test_checkpointed_tracker_continues_exactly_and_stores_narrow_integers(tmp_path, ema_started):
     from qat.freeze import FrozenCodes
     torch.manual_seed(0)
-    sequence = [torch.randint(-4, 4, (64,)).float() for _ in range(6)]
+    sequence = [torch.randint(-4, 4, (64,)).float() for _ in range(8)]
     straight = run(sequence[:3], momentum=0.1)
+    if ema_started:
+        straight.start_code_ema()
+    straight.update(sequence[3], *GRID)
     path = tmp_path / "tracker.pt"
     torch.save(straight.state_dict(), path)
     stored = torch.load(path)
     assert stored["previous"].dtype == torch.int8 and stored["count"].dtype == torch.int32
+    assert (stored["int_ema"] is not None) == ema_started
     resumed = OscillationTracker()
     resumed.load_state_dict(stored)
-    for codes in sequence[3:]:
-        straight.update(codes)
-        resumed.update(codes)
+    for t, codes in enumerate(sequence[4:]):
+        if t == 2 and not ema_started:  # the EMA starts after the resume
+            straight.start_code_ema()
+            resumed.start_code_ema()
+        straight.update(codes, *GRID)
+        resumed.update(codes, *GRID)
     for name in ("previous", "last_direction", "frequency", "count", "int_ema"):
         assert torch.equal(getattr(resumed, name), getattr(straight, name)), name
         assert getattr(resumed, name).dtype == getattr(straight, name).dtype, name
-    assert resumed.updates == straight.updates == 5
+    assert resumed.updates == straight.updates == 7
+    assert torch.equal(resumed.code_ema(), straight.code_ema())
 
     frozen = FrozenCodes(torch.zeros(4))
     frozen.freeze(torch.tensor([True, False, True, False]), torch.tensor([-300.0, 0.0, 7.0, 0.0]))
@@ -155,3 +174,20 @@ def test_late_window_counts_oscillations_of_the_last_fifth_per_layer_kind():
     resumed.model = model
     resumed.load_state_dict(hook.state_dict())
     assert resumed.epoch_metrics(state)["osc/late_fraction"] == metrics["osc/late_fraction"]
+
+
+def test_codes_are_held_in_the_grids_narrowest_integer_dtype():
+    """`previous` takes its dtype from the grid, not from the values seen: int8 for every signed grid up to 8 bits,
+    int16 for 0..255; integer codes given in that very dtype are copied, and their differences cannot overflow."""
+    from qat.oscillation import code_dtype
+    assert [code_dtype(*g) for g in [(-2, 1), (-8, 7), (-128, 127), (0, 255), (-32768, 32767), (0, 65535)]] == \
+        [torch.int8, torch.int8, torch.int8, torch.int16, torch.int16, torch.int32]
+    for grid, dtype in (((-128, 127), torch.int8), ((0, 255), torch.int16)):
+        t = OscillationTracker(0.5)
+        first = torch.tensor([0, grid[0], grid[1]], dtype=dtype)
+        t.update(first, *grid)
+        assert t.previous.dtype == dtype and t.previous.data_ptr() != first.data_ptr()
+        for codes in ([grid[1], grid[1], grid[0]], [grid[0], grid[1], grid[0]]):  # full-range jumps both ways
+            t.update(torch.tensor(codes, dtype=dtype), *grid)
+        assert t.count.tolist() == [1, 0, 0] and t.last_direction.tolist() == [-1, 1, -1]
+        assert torch.equal(first, torch.tensor([0, grid[0], grid[1]], dtype=dtype)), "the caller's codes untouched"
