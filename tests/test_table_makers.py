@@ -41,6 +41,11 @@ FINISHED = {
     ("table3", "mobilenetv2", "scalegrad+ead+afw", 4, 0): {"top1": 86.5, "fp_top1": 88.0},
     ("table3", "mobilenetv2", "scalegrad+ead+afw", 4, 1): {"top1": 87.25, "fp_top1": 88.4},
     ("table4", "yolov8n", "scalegrad+ead+afw", 4, 0): {"map": 18.2, "fp_map": 22.0, "map50": 35.0},
+    # ScaleGrad's parts: distance beats LSQ on every seed (an interval above 0), PulseSmooth is within noise of it
+    **{("table5_parts", "mobilenetv2", recipe, 3, seed): {"top1": top1, "fp_top1": 88.0, "osc/late_fraction": 0.02}
+       for recipe, values in (("lsq", (80.0, 80.5, 79.5)), ("distance", (81.0, 81.6, 80.4)),
+                              ("pulsesmooth", (80.9, 79.6, 80.0)))
+       for seed, top1 in enumerate(values)},
 }
 CRASHED = {
     ("table1", "yolov8n", "lsq-freeze-weights", 4, 0): {"map": 99.0},
@@ -195,6 +200,20 @@ def test_table4(runs, tmp_path):
     assert rows["YOLOv8-n"][4] == ours([18.2])
 
 
+def test_table5_parts(runs, tmp_path):
+    t = make_table("5_parts", runs, tmp_path / "out")
+    assert t["header"][4:6] == ["MobileNetV2 W4A4 (top-1)", "MobileNetV2 W3A3 (top-1)"]
+    rows = {r[0]: r for r in t["rows"]}
+    assert rows["LSQ"][5] == ours([80.0, 80.5, 79.5]) and rows["LSQ"][4] == "missing"
+    assert rows["LSQ"][7] == "2.00 ± 0.00 (n=3)"  # late oscillating, in %
+    assert rows["ScaleGrad (both)"][5] == "missing" and rows["FP"][5] == ours([88.0])
+    # distance − LSQ = +1.0, +1.1, +0.9: t(2) interval above 0
+    assert "distance-aware weight gradient only − LSQ: +1.00 [+0.75, +1.25] (n=3) → distance-aware weight " \
+           "gradient only better" in t["md"]
+    assert "PulseSmooth only − LSQ: +0.17" in t["md"] and "(n=3) → within noise" in t["md"]
+    assert "reproduced" not in t["md"]  # the paper claims nothing about the parts
+
+
 def test_runs_found_through_preset_and_qat_runs(runs, tmp_path):
     """Without --runs a maker reads $QAT_RUNS/<preset>/<table>, as run.sh uses it."""
     env = tool_env(tmp_path / "state", QAT_RUNS=runs, PRESET=PRESET)
@@ -209,7 +228,7 @@ def test_runs_found_through_preset_and_qat_runs(runs, tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 CONFIGS = sorted((REPO / "experiments").glob("*/config.yaml"))
 MAKERS = {"table1_freeze": 1, "table2_baselines": 2, "table3_classification": 3, "table4_detection": 4,
-          "table5_ablation": 5}
+          "table5_ablation": 5, "table5_parts": "5_parts"}
 
 
 def test_every_experiment_has_config_and_run_sh():
