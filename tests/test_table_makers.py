@@ -202,11 +202,11 @@ def test_table4(runs, tmp_path):
 
 def test_table5_parts(runs, tmp_path):
     t = make_table("5_parts", runs, tmp_path / "out")
-    assert t["header"][4:6] == ["MobileNetV2 W4A4 (top-1)", "MobileNetV2 W3A3 (top-1)"]
+    assert t["header"][6:8] == ["MobileNetV2 W4A4 (top-1)", "MobileNetV2 W3A3 (top-1)"]
     rows = {r[0]: r for r in t["rows"]}
-    assert rows["LSQ"][5] == ours([80.0, 80.5, 79.5]) and rows["LSQ"][4] == "missing"
-    assert rows["LSQ"][7] == "2.00 ± 0.00 (n=3)"  # late oscillating, in %
-    assert rows["ScaleGrad (both)"][5] == "missing" and rows["FP"][5] == ours([88.0])
+    assert rows["LSQ"][7] == ours([80.0, 80.5, 79.5]) and rows["LSQ"][6] == rows["LSQ"][4] == "missing"
+    assert rows["LSQ"][11] == "2.00 ± 0.00 (n=3)"  # late oscillating, in %
+    assert rows["ScaleGrad (both)"][7] == "missing" and rows["FP"][7] == ours([88.0])
     # distance − LSQ = +1.0, +1.1, +0.9: t(2) interval above 0
     assert "distance-aware weight gradient only − LSQ: +1.00 [+0.75, +1.25] (n=3) → distance-aware weight " \
            "gradient only better" in t["md"]
