@@ -26,7 +26,12 @@ def low_bit_gradient_mode(model, pulse_delta, dist_k):
         layer.input_quant.pulse_delta = pulse_delta if layer.input_quant.bits <= LOW_BITS else None
 
 
-if __name__ == "__main__":
-    # both call sites: the prologue's (pipeline) and Recipe.build_structure's (imports it from qat.modules per call)
+def install() -> None:
+    """Both call sites: the prologue's (pipeline) and Recipe.build_structure's (imports it from qat.modules per
+    call)."""
     pipeline.set_gradient_mode = qat.modules.set_gradient_mode = low_bit_gradient_mode
+
+
+if __name__ == "__main__":
+    install()
     sys.exit(main(sys.argv[1:], prog="analysis/lowbit_scalegrad_probe.py"))
