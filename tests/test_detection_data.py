@@ -6,7 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
+import qat.data.fmnist_det as fmd
 from qat.data.fmnist_det import FMNISTDetConfig, build_fmnist_det, render_image, tight_crop
 
 TINY = FMNISTDetConfig(train_size=8, val_size=6, canvas=96, min_size=10, max_size=48, seed=3)
@@ -44,7 +46,6 @@ def test_rerun_reuses_the_cached_directory(tiny):
 def test_a_set_generated_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
     """Two parallel runs that both find no cached set: the one that finishes second must not delete the
     first one's copy (the first run may already be reading it)."""
-    import qat.data.fmnist_det as fmd
     real_write, winner = fmd._write, []
 
     def write_after_another_process(cfg, tmp):
@@ -62,7 +63,7 @@ def test_a_set_generated_meanwhile_by_another_process_is_kept(tmp_path, monkeypa
 def test_coco_json_loads_with_pycocotools_and_matches_yolo_labels(tiny):
     from pycocotools.coco import COCO
 
-    for split, n in (("train", TINY.train_size), ("val", TINY.val_size)):
+    for split, n in (("train", TINY.train_size), ("val", TINY.val_size), ("calib", TINY.val_size)):
         coco = COCO(str(tiny.coco_json(split)))
         assert len(coco.getImgIds()) == n
         assert sorted(coco.getCatIds()) == list(range(1, 11))
@@ -88,7 +89,21 @@ def test_data_yaml_is_absolute_and_has_no_download_key(tiny):
     assert Path(spec["path"]).is_absolute() and Path(spec["path"]) == tiny.root.resolve()
     assert spec["train"] == "images/train" and spec["val"] == "images/val"
     assert "download" not in spec and len(spec["names"]) == 10
-    assert Path(spec["val_json"]).is_file()
+    assert Path(spec["val_json"]).is_file() and Path(spec["calib_json"]).is_file()
+    assert Path(spec["calib"]).is_absolute() and Path(spec["calib"]) == tiny.images("calib")
+
+
+def test_calib_split_draws_items_from_the_held_out_calibration_slice(tiny):
+    """calib's items come from Fashion-MNIST's calibration slice (never trained on), train's from the rest; adding
+    calib left train and val as they were (their random streams and the set's digest are unchanged)."""
+    from qat.data import fashion_mnist as fm
+    train_items, _ = fmd._source("train")
+    assert len(fmd._source("calib")[0]) == fm.CALIB_SIZE and len(train_items) == 60000 - fm.CALIB_SIZE
+    assert fmd.SPLITS.index("train") == 0 and fmd.SPLITS.index("val") == 1  # the streams [seed, split, i] of train/val
+    calib_items, calib_labels = fmd._source("calib")
+    first = np.asarray(Image.open(tiny.images("calib") / "000001.png").convert("RGB"))
+    rendered, _, _ = render_image(np.random.default_rng([TINY.seed, 2, 0]), calib_items, calib_labels, TINY)
+    assert np.array_equal(first, rendered)
 
 
 def test_overlap_between_objects_is_limited():

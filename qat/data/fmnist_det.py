@@ -22,7 +22,9 @@ from PIL import Image
 from . import fashion_mnist as fm
 
 GENERATOR_VERSION = 2
-SPLITS = ("train", "val")
+# "calib": images of the same kind, rendered from Fashion-MNIST's held-out calibration slice (never trained on,
+# not the test set): where choices the paper leaves open are made without looking at val (docs/FMNIST_DET.md).
+SPLITS = ("train", "val", "calib")
 PLACEMENT_TRIES = 30
 
 
@@ -141,12 +143,18 @@ def render_image(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray
 
 # ------------------------------------------------------------------------------------- writing
 def _source(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Train items: the Fashion-MNIST training images outside the calibration slice; val: the test set."""
-    if split == "train":
+    """Train items: the Fashion-MNIST training images outside the calibration slice; calib: that slice; val: the
+    test set."""
+    if split in ("train", "calib"):
         images, labels = fm.load_split("train")
-        idx = fm.train_indices()
+        idx = fm.train_indices() if split == "train" else fm.calibration_indices()
         return images[idx], labels[idx]
     return fm.load_split("test")
+
+
+def split_size(cfg: FMNISTDetConfig, split: str) -> int:
+    """Images in `split`: calib has as many as val."""
+    return cfg.train_size if split == "train" else cfg.val_size
 
 
 def _sha256(path: Path) -> str:
@@ -161,7 +169,7 @@ def _write(cfg: FMNISTDetConfig, root: Path) -> dict:
         (root / "images" / split).mkdir(parents=True)
         (root / "labels" / split).mkdir(parents=True)
         images, annotations = [], []
-        for i in range(cfg.train_size if split == "train" else cfg.val_size):
+        for i in range(split_size(cfg, split)):
             image, boxes, classes = render_image(np.random.default_rng([cfg.seed, s_index, i]), items, labels, cfg)
             image_id, stem = i + 1, f"{i + 1:06d}"
             Image.fromarray(image).save(root / "images" / split / f"{stem}.png")
@@ -182,10 +190,9 @@ def _write(cfg: FMNISTDetConfig, root: Path) -> dict:
 
 
 def _yaml_text(root: Path) -> str:
-    spec = {"path": str(root), "train": "images/train", "val": "images/val", "channels": 3,
-            "names": {i: name for i, name in enumerate(fm.CLASSES)},
-            "train_json": str(root / "annotations" / "instances_train.json"),
-            "val_json": str(root / "annotations" / "instances_val.json")}
+    spec = {"path": str(root), "train": "images/train", "val": "images/val", "calib": str(root / "images" / "calib"),
+            "channels": 3, "names": {i: name for i, name in enumerate(fm.CLASSES)},
+            **{f"{split}_json": str(root / "annotations" / f"instances_{split}.json") for split in SPLITS}}
     return yaml.safe_dump(spec, sort_keys=False)
 
 
