@@ -15,6 +15,7 @@ from .cli_help import METHOD_HELP, RUN_HELP
 from .config import TASK_FIELDS, ULTRALYTICS_DETECTORS, RunConfig, task_of
 from .models import model_names
 from .afw import LOSS_REDUCTIONS, REG_REDUCTIONS, THETA_INITS
+from .prepare.pipeline import SCALEGRAD_LAYERS
 from .recipes import RECIPES, MethodConfig
 
 
@@ -57,7 +58,7 @@ FIELD_TYPES = {"bits": bits_value, "first_last_bits": bits_value, "seed": non_ne
                "log_every": positive_int, "fig1_iterations": non_negative_int, "workers": non_negative_int,
                "lr": non_negative_float, "fraction": share, "adaround_iterations": positive_int}
 FIELD_CHOICES = {"calib_split": ("train", "val"), "afw_loss": LOSS_REDUCTIONS, "afw_theta_init": THETA_INITS,
-                 "afw_reg": REG_REDUCTIONS}
+                 "afw_reg": REG_REDUCTIONS, "scalegrad_layers": SCALEGRAD_LAYERS}
 
 
 def check_device(text: str, ultralytics_ids: bool = False) -> str:

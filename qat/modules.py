@@ -120,9 +120,13 @@ def set_quantizers_enabled(model: nn.Module, enabled: bool) -> None:
         layer.input_quant.enabled = enabled
 
 
-def set_gradient_mode(model: nn.Module, pulse_delta: float | None, dist_k: float | None) -> None:
-    """ScaleGrad (SPEC §2): PulseSmooth on weight and activation steps; exp(-kΔ) on weights only."""
+def set_gradient_mode(model: nn.Module, pulse_delta: float | None, dist_k: float | None,
+                      max_bits: int | None = None) -> None:
+    """ScaleGrad (SPEC §2): PulseSmooth on weight and activation steps; exp(-kΔ) on weights only. `max_bits`:
+    only on quantizers of at most that many bits (the others keep LSQ's gradients); None: on every quantizer."""
+    def on(quantizer) -> bool:
+        return max_bits is None or quantizer.bits <= max_bits
     for _, layer in quant_layers(model):
-        layer.weight_quant.pulse_delta = pulse_delta
-        layer.weight_quant.dist_k = dist_k
-        layer.input_quant.pulse_delta = pulse_delta
+        layer.weight_quant.pulse_delta = pulse_delta if on(layer.weight_quant) else None
+        layer.weight_quant.dist_k = dist_k if on(layer.weight_quant) else None
+        layer.input_quant.pulse_delta = pulse_delta if on(layer.input_quant) else None

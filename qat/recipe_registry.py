@@ -41,15 +41,16 @@ class Recipe:
     def quantizer(self, methods) -> dict:
         """The quantizer arguments of `qat.prepare.pipeline.quantize_prologue` under this recipe."""
         pulse_delta, dist_k = self.gradient_mode(methods)
-        return {"per_channel": self.per_channel, "pulse_delta": pulse_delta, "dist_k": dist_k}
+        return {"per_channel": self.per_channel, "pulse_delta": pulse_delta, "dist_k": dist_k,
+                "scalegrad_layers": methods.scalegrad_layers}
 
     def build_structure(self, model, bits: int, example, prologue, methods, **layers) -> None:
         """The quantized module tree without calibration (a checkpoint brings every value), in the recipe's
         gradient mode (also when the run branched from a parent of another recipe)."""
         from .modules import set_gradient_mode
-        from .prepare.pipeline import build_structure
+        from .prepare.pipeline import build_structure, scalegrad_max_bits
         build_structure(model, bits, example, prologue, per_channel=self.per_channel, **layers)
-        set_gradient_mode(model, *self.gradient_mode(methods))
+        set_gradient_mode(model, *self.gradient_mode(methods), scalegrad_max_bits(methods.scalegrad_layers, bits))
 
 
 RECIPES: dict[str, Recipe] = {}

@@ -54,6 +54,8 @@ class MethodConfig:
     """Hyper-parameters of the methods (SPEC defaults); every field is a command-line flag."""
     pulse_delta: float = 0.1
     dist_k: float = 1.0
+    scalegrad_layers: str = "all"          # where ScaleGrad's gradients act: "all" quantized layers (SPEC §2) or the
+                                           # "low-bit" ones only (not the 8-bit first / last; DEVIATIONS 23)
     ead_k: float = 1.0
     ead_alpha_max: float = 0.99
     ead_mu_init: float = 0.1
@@ -79,7 +81,8 @@ def method_keys(recipe: Recipe) -> set[str]:
     """The MethodConfig fields a run of `recipe` depends on: its parts', its gradient mode's, its parent's (a
     branch trains on from the parent's checkpoint), the oscillation tracker's momentum (every QAT run) and `extra`."""
     keys = {"osc_momentum", "extra"} | ({"pulse_delta"} if recipe.pulse_smooth else set()) \
-        | ({"dist_k"} if recipe.distance_aware else set())
+        | ({"dist_k"} if recipe.distance_aware else set()) \
+        | ({"scalegrad_layers"} if recipe.pulse_smooth or recipe.distance_aware else set())
     for part in (*recipe.hooks, *recipe.post):
         keys.update(part.keys)
     if recipe.branch_from is not None:

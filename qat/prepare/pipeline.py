@@ -53,7 +53,7 @@ def float_prologue(model: nn.Module, example_input: torch.Tensor, calib: list[to
 
 def quantize_prologue(model: nn.Module, bits: int, calib: list[torch.Tensor], opts: PrologueOptions, *,
                       per_channel: bool = False, pulse_delta: float | None = None, dist_k: float | None = None,
-                      exclude: Iterable[str] = (), high_precision: Iterable[str] | None = None,
+                      scalegrad_layers: str = "all", exclude: Iterable[str] = (), high_precision: Iterable[str] | None = None,
                       forward: Callable | None = None) -> dict:
     """Steps 3–4: insert quantizers, calibrate/initialise steps, bias correction; set ScaleGrad mode."""
     convert(model, bits, first_last_bits=opts.first_last_bits, quantize_first_last=opts.quantize_first_last,
@@ -64,8 +64,19 @@ def quantize_prologue(model: nn.Module, bits: int, calib: list[torch.Tensor], op
         from .bias_correction import correct_bias
         report["bias_correction"] = correct_bias(model, calib, forward=forward,
                                                   max_batches=opts.bias_correction_batches)
-    set_gradient_mode(model, pulse_delta, dist_k)
+    set_gradient_mode(model, pulse_delta, dist_k, scalegrad_max_bits(scalegrad_layers, bits))
     return report
+
+
+def scalegrad_max_bits(scalegrad_layers: str, bits: int) -> int | None:
+    """`set_gradient_mode`'s bound for MethodConfig.scalegrad_layers: "low-bit" = the layers at the run's `bits`
+    (not the 8-bit first / last layers), "all" = every quantized layer (SPEC §2)."""
+    if scalegrad_layers not in SCALEGRAD_LAYERS:
+        raise ValueError(f"scalegrad_layers must be one of {SCALEGRAD_LAYERS}, got {scalegrad_layers!r}")
+    return bits if scalegrad_layers == "low-bit" else None
+
+
+SCALEGRAD_LAYERS = ("low-bit", "all")
 
 
 def build_structure(model: nn.Module, bits: int, example_input: torch.Tensor, opts: PrologueOptions, *,
