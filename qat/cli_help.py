@@ -51,8 +51,9 @@ METHOD_HELP: dict[str, str] = {
                    "last δ before each bin edge (SPEC §2)",
     "dist_k": "ScaleGrad distance-aware weight gradient k: dL/dw is scaled by exp(-k·Δ), Δ = distance to the "
               "nearest level in steps (SPEC §2)",
-    "scalegrad_layers": "where ScaleGrad's gradients (PulseSmooth, exp(-kΔ)) act: 'all' quantized layers (SPEC §2) "
-                        "or the 'low-bit' ones only, leaving the 8-bit first / last layers to LSQ (DEVIATIONS 23)",
+    "scalegrad_layers": "where ScaleGrad's gradients (PulseSmooth, exp(-kΔ)) act: the 'low-bit' layers only, leaving "
+                        "the 8-bit first / last layers to LSQ (chosen on calibration data, DEVIATIONS 2a), or 'all' "
+                        "quantized layers (SPEC §2)",
     "ead_k": "EAD k_ead: latent-weight EMA factor α = clamp(k_ead·Δ, 0, α_max) (SPEC §3)",
     "ead_alpha_max": "EAD α_max, the cap of the latent-weight EMA factor α (SPEC §3)",
     "ead_mu_init": "EAD μ_init: step-size EMA factor at τ, decayed linearly to 0 at the last iteration (SPEC §3)",

@@ -54,8 +54,8 @@ class MethodConfig:
     """Hyper-parameters of the methods (SPEC defaults); every field is a command-line flag."""
     pulse_delta: float = 0.1
     dist_k: float = 1.0
-    scalegrad_layers: str = "all"          # where ScaleGrad's gradients act: "all" quantized layers (SPEC §2) or the
-                                           # "low-bit" ones only (not the 8-bit first / last; DEVIATIONS 23)
+    scalegrad_layers: str = "low-bit"      # where ScaleGrad's gradients act: the "low-bit" layers only (not the 8-bit
+                                           # first / last; chosen on calib data, DEVIATIONS 2a) or "all" (SPEC §2)
     ead_k: float = 1.0
     ead_alpha_max: float = 0.99
     ead_mu_init: float = 0.1

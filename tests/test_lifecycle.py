@@ -65,15 +65,16 @@ def test_a_method_is_one_registration_whose_entry_owns_its_settings_hooks_and_ke
         assert isinstance(hooks[-1], _Probe) and (hooks[-1].tau, hooks[-1].k) == (7, 2.0)
         assert [type(s).__name__ for s in make_post_steps(recipe, MethodConfig(afw_epochs=1))] == ["AFWStep"]
         # its own keys, its post step's and its parent's (ScaleGrad's gradient mode)
-        assert {"ead_k", "afw_lr", "pulse_delta", "dist_k"} <= method_keys(recipe)
-        assert recipe.quantizer(MethodConfig()) == {"per_channel": True, "pulse_delta": None, "dist_k": None}
+        assert {"ead_k", "afw_lr", "pulse_delta", "dist_k", "scalegrad_layers"} <= method_keys(recipe)
+        assert recipe.quantizer(MethodConfig()) == {"per_channel": True, "pulse_delta": None, "dist_k": None,
+                                                    "scalegrad_layers": "low-bit"}
         with pytest.raises(ValueError, match="twice"):
             register_recipe(Recipe("probe"))
     finally:
         del RECIPES["probe"]
     assert get_recipe("ours") is get_recipe("scalegrad+ead+afw")
-    assert get_recipe("scalegrad").quantizer(MethodConfig(pulse_delta=0.2, dist_k=3.0)) == \
-        {"per_channel": False, "pulse_delta": 0.2, "dist_k": 3.0}
+    assert get_recipe("scalegrad").quantizer(MethodConfig(pulse_delta=0.2, dist_k=3.0, scalegrad_layers="all")) == \
+        {"per_channel": False, "pulse_delta": 0.2, "dist_k": 3.0, "scalegrad_layers": "all"}
 
 
 def test_one_config_class_and_one_cli_for_every_task(capsys):

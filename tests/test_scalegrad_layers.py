@@ -1,4 +1,4 @@
-"""`scalegrad_layers` (DEVIATIONS 23): ScaleGrad's gradient changes on every quantized layer (SPEC §2) or on the
+"""`scalegrad_layers` (DEVIATIONS 2a): ScaleGrad's gradient changes on every quantized layer (SPEC §2) or on the
 low-bit layers only, the 8-bit first / last layers left to LSQ — at both places a run sets its gradient mode
 (the prologue and a branch's or resume's module tree) and in the lr-matched control."""
 import pytest

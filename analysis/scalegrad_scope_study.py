@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+"""Where ScaleGrad's gradients act (`scalegrad_layers`, DEVIATIONS 2a), chosen on the CALIBRATION split.
+
+SPEC §2 applies PulseSmooth and exp(-kΔ) to every quantized layer; the paper does not say whether its 8-bit first /
+last layers are included. Two arms of finished ScaleGrad runs, paired by (model, bits, seed): "all" (SPEC §2) and
+"low-bit" (`--scalegrad-layers low-bit`). Each run's final model is evaluated on FMNIST-Det's calib split
+(analysis/detector_split_eval.py; never on val, which the tables report); LSQ runs of the same cells are shown for
+reference. The choice, computed here: the arm with the higher mean paired calibration mAP over every pair (ties:
+SPEC's "all"), with its 95 % interval and the per-bits means beside it.
+
+    python analysis/scalegrad_scope_study.py --all runs/proxy/table5_every_layer/yolov8n/scalegrad/w*/s* \
+        --low-bit runs/proxy/scope_study/yolov8n/scalegrad/w*/s* --lsq runs/proxy/table5/yolov8n/lsq/w*/s* \
+        --out docs/scalegrad_scope_study.md
+
+Each run's calibration mAP is kept in `<out>.json` as it is measured: a killed study resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from analysis.detector_split_eval import evaluate_on_split  # noqa: E402
+from tables.paired import paired_difference  # noqa: E402
+
+ARMS = ("all", "low-bit")
+
+
+def cell(run_dir: Path) -> tuple[str, int, int]:
+    c = json.loads((run_dir / "config.json").read_text())
+    return c["model"], int(c["bits"]), int(c["seed"])
+
+
+def measure(runs: list[Path], cache: dict, cache_path: Path) -> dict[tuple, float]:
+    out = {}
+    for run_dir in runs:
+        if not (run_dir / "result.json").is_file():
+            raise SystemExit(f"error: {run_dir} is not a finished run (no result.json)")
+        key = str(run_dir.resolve())
+        if key not in cache:
+            cache[key] = evaluate_on_split(run_dir, "calib")
+            cache_path.write_text(json.dumps(cache, indent=1))
+        out[cell(run_dir)] = cache[key]
+    return out
+
+
+def choose(by_arm: dict[str, dict]) -> tuple[str, object]:
+    diff = paired_difference(by_arm["all"], by_arm["low-bit"])
+    if diff is None:
+        raise SystemExit("error: the two arms share no (model, bits, seed) cell")
+    return ("low-bit" if diff.mean > 0 else "all"), diff
+
+
+def report(by_arm: dict[str, dict], lsq: dict, val: dict[str, dict]) -> str:
+    choice, diff = choose(by_arm)
+    cells = sorted(set(by_arm["all"]) & set(by_arm["low-bit"]))
+    lines = ["| model | bits | seed | LSQ calib mAP | ScaleGrad, all layers | ScaleGrad, low-bit layers | low-bit − all "
+             "| (val mAP: all / low-bit) |", "|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        a, b = by_arm["all"][c], by_arm["low-bit"][c]
+        ref = f"{lsq[c]:.2f}" if c in lsq else "–"
+        lines.append(f"| {c[0]} | W{c[1]}A{c[1]} | {c[2]} | {ref} | {a:.2f} | {b:.2f} | {b - a:+.2f} "
+                     f"| {val['all'].get(c, float('nan')):.2f} / {val['low-bit'].get(c, float('nan')):.2f} |")
+    lines += ["", f"Paired difference low-bit − all on the calib split, every pair: **{diff.describe()}**."]
+    for bits in sorted({c[1] for c in cells}):
+        d = paired_difference({c: v for c, v in by_arm["all"].items() if c[1] == bits},
+                              {c: v for c, v in by_arm["low-bit"].items() if c[1] == bits})
+        lines.append(f"W{bits}A{bits}: {d.describe()}.")
+    lines += ["", f"Choice (higher mean calibration mAP; ties: SPEC's \"all\"): **scalegrad_layers = {choice}**."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--all", nargs="+", type=Path, required=True, help="ScaleGrad runs on every quantized layer")
+    p.add_argument("--low-bit", nargs="+", type=Path, required=True, help="ScaleGrad runs on the low-bit layers")
+    p.add_argument("--lsq", nargs="*", type=Path, default=[], help="LSQ runs of the same cells (reference)")
+    p.add_argument("--out", type=Path, required=True, help="markdown report (its measurements: <out>.json)")
+    a = p.parse_args(argv)
+    cache_path = a.out.with_suffix(".json")
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    by_arm = {"all": measure(a.all, cache, cache_path), "low-bit": measure(a.low_bit, cache, cache_path)}
+    lsq = measure(a.lsq, cache, cache_path)
+    val = {arm: {cell(r): json.loads((r / "result.json").read_text())["map"] for r in runs}
+           for arm, runs in (("all", a.all), ("low-bit", a.low_bit))}
+    text = report(by_arm, lsq, val)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
