@@ -24,6 +24,7 @@ from .baselines import damp, lr_matched, redyolo, step_only  # noqa: F401  (they
 from .baselines.adaround import ADAROUND
 from .ead import EAD
 from .hooks import TrainingHook
+from .prepare.pipeline import SCALEGRAD_LAYERS
 from .recipe_registry import RECIPES, Recipe, register_recipe
 
 register_recipe(Recipe("lsq", description="LSQ, per-tensor (Esser et al. 2020)"))
@@ -54,8 +55,9 @@ class MethodConfig:
     """Hyper-parameters of the methods (SPEC defaults); every field is a command-line flag."""
     pulse_delta: float = 0.1
     dist_k: float = 1.0
-    scalegrad_layers: str = "low-bit"      # where ScaleGrad's gradients act: the "low-bit" layers only (not the 8-bit
-                                           # first / last; chosen on calib data, DEVIATIONS 2a) or "all" (SPEC §2)
+    # where ScaleGrad's gradients act: the "low-bit" layers only (the default: not the 8-bit first / last; chosen on
+    # calibration data, DEVIATIONS 2a) or "all" quantized layers (SPEC §2)
+    scalegrad_layers: str = SCALEGRAD_LAYERS[0]
     ead_k: float = 1.0
     ead_alpha_max: float = 0.99
     ead_mu_init: float = 0.1

@@ -51,9 +51,14 @@ def float_prologue(model: nn.Module, example_input: torch.Tensor, calib: list[to
     return report
 
 
+# Where ScaleGrad's gradients act; the first is the default (MethodConfig.scalegrad_layers; DEVIATIONS 2a).
+SCALEGRAD_LAYERS = ("low-bit", "all")
+
+
 def quantize_prologue(model: nn.Module, bits: int, calib: list[torch.Tensor], opts: PrologueOptions, *,
                       per_channel: bool = False, pulse_delta: float | None = None, dist_k: float | None = None,
-                      scalegrad_layers: str = "all", exclude: Iterable[str] = (), high_precision: Iterable[str] | None = None,
+                      scalegrad_layers: str = SCALEGRAD_LAYERS[0], exclude: Iterable[str] = (),
+                      high_precision: Iterable[str] | None = None,
                       forward: Callable | None = None) -> dict:
     """Steps 3–4: insert quantizers, calibrate/initialise steps, bias correction; set ScaleGrad mode."""
     convert(model, bits, first_last_bits=opts.first_last_bits, quantize_first_last=opts.quantize_first_last,
@@ -75,8 +80,6 @@ def scalegrad_max_bits(scalegrad_layers: str, bits: int) -> int | None:
         raise ValueError(f"scalegrad_layers must be one of {SCALEGRAD_LAYERS}, got {scalegrad_layers!r}")
     return bits if scalegrad_layers == "low-bit" else None
 
-
-SCALEGRAD_LAYERS = ("low-bit", "all")
 
 
 def build_structure(model: nn.Module, bits: int, example_input: torch.Tensor, opts: PrologueOptions, *,
