@@ -31,27 +31,36 @@ def split_loader(images: Path, data: dict, imgsz: int, batch: int = 32):
     return build_dataloader(dataset, batch, workers=0, shuffle=False, rank=-1, device="cpu")
 
 
-def evaluate_on_split(run_dir: Path, split: str) -> float:
-    """mAP@[.5:.95] (%) of the run's final model on `split` of the run's FMNIST-Det set."""
+def evaluate_on_splits(run_dir: Path, splits: list[str]) -> dict[str, float]:
+    """Split → mAP@[.5:.95] (%) of the run's final model (rebuilt once) on that split of its FMNIST-Det set."""
     from qat.data.fmnist_det import SPLITS, build_fmnist_det
     from qat.detection.coco_eval import coco_map, load_coco
     from qat.detection.ultralytics_qat import yolo_detections
     from qat.export.detector import load_detector_run
-    if split not in SPLITS:
-        raise SystemExit(f"error: unknown split {split!r}; FMNIST-Det has {', '.join(SPLITS)}")
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown:
+        raise SystemExit(f"error: unknown split {unknown[0]!r}; FMNIST-Det has {', '.join(SPLITS)}")
     recorded = json.loads((run_dir / "config.json").read_text())
     preset = recorded.get("preset_values", {})
     if recorded.get("data") or not preset.get("fmnist_det"):
         raise SystemExit(f"error: {run_dir} did not train on an FMNIST-Det preset set; this evaluates those only")
     wrapped, spec, _, _ = load_detector_run(run_dir, recorded)
     ds = build_fmnist_det(preset["fmnist_det"])
-    coco = load_coco(str(ds.coco_json(split)))
     data = {"nc": spec["nc"], "channels": spec["channels"], "names": {i: str(i) for i in range(spec["nc"])}}
-    ids = {Path(img["file_name"]).name: img["id"] for img in coco.dataset["images"]}
-    with torch.no_grad():
-        dets = yolo_detections(wrapped.detector, split_loader(ds.images(split), data, spec["imgsz"]), "cpu", ids,
-                               sorted(coco.getCatIds()))
-    return 100 * coco_map(dets, coco)["map"]
+    maps = {}
+    for split in splits:
+        coco = load_coco(str(ds.coco_json(split)))
+        ids = {Path(img["file_name"]).name: img["id"] for img in coco.dataset["images"]}
+        with torch.no_grad():
+            dets = yolo_detections(wrapped.detector, split_loader(ds.images(split), data, spec["imgsz"]), "cpu", ids,
+                                   sorted(coco.getCatIds()))
+        maps[split] = 100 * coco_map(dets, coco)["map"]
+    return maps
+
+
+def evaluate_on_split(run_dir: Path, split: str) -> float:
+    """mAP@[.5:.95] (%) of the run's final model on `split` of the run's FMNIST-Det set."""
+    return evaluate_on_splits(run_dir, [split])[split]
 
 
 def main(argv=None) -> int:
@@ -61,10 +70,11 @@ def main(argv=None) -> int:
     p.add_argument("--check-val", action="store_true", help="also recompute val mAP and compare with the run's")
     a = p.parse_args(argv)
     for run_dir in a.runs:
-        line = f"{run_dir}  {a.split} mAP {evaluate_on_split(run_dir, a.split):.2f}"
+        maps = evaluate_on_splits(run_dir, [a.split, "val"] if a.check_val else [a.split])
+        line = f"{run_dir}  {a.split} mAP {maps[a.split]:.2f}"
         if a.check_val:
             recorded = json.loads((run_dir / "result.json").read_text())["map"]
-            val = evaluate_on_split(run_dir, "val")
+            val = maps["val"]
             if abs(val - recorded) > CHECK_TOLERANCE:
                 raise SystemExit(f"error: {run_dir}: val mAP of the rebuilt model {val:.3f} ≠ the run's {recorded:.3f}")
             line += f"  val mAP {val:.2f} (= the run's)"
