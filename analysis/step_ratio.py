@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qat.train.checkpoint import load_model_weights
+from qat.train import checkpoint
 
 SUFFIX = ".weight_quant.step"
 
@@ -24,7 +24,7 @@ def weight_steps(run_dir: Path) -> dict[str, float]:
     path = run_dir / "final.pt"
     if not path.is_file():
         raise SystemExit(f"error: {run_dir} has no final.pt: not a finished QAT run")
-    state = load_model_weights(path)
+    state = checkpoint.load(path)["model"]  # (a QAT state dict holds non-tensor extra state too)
     return {k[:-len(SUFFIX)]: float(v) for k, v in state.items() if k.endswith(SUFFIX) and v.numel() == 1}
 
 

@@ -14,6 +14,7 @@ def final(run_dir, steps: dict):
     run_dir.mkdir(parents=True)
     state = {f"{name}.weight_quant.step": torch.tensor(v) for name, v in steps.items()}
     state["per_channel.weight_quant.step"] = torch.ones(4, 1, 1, 1)  # per-channel steps are not compared
+    state["stem.weight_quant._extra_state"] = {"bits": 8}  # QAT state dicts hold non-tensor extra state too
     torch.save({"model": state}, run_dir / "final.pt")
     return run_dir
 
