@@ -63,6 +63,22 @@ def evaluate_on_split(run_dir: Path, split: str) -> float:
     return evaluate_on_splits(run_dir, [split])[split]
 
 
+def calib_maps(runs: list[Path], cache_path: Path) -> dict[Path, float]:
+    """Run directory → calib mAP of each finished run, kept in the JSON file `cache_path` (keyed by the resolved
+    path) as each is measured, so a killed study resumes where it stopped."""
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    out = {}
+    for run_dir in runs:
+        if not (run_dir / "result.json").is_file():
+            raise SystemExit(f"error: {run_dir} is not a finished run (no result.json)")
+        key = str(run_dir.resolve())
+        if key not in cache:
+            cache[key] = evaluate_on_split(run_dir, "calib")
+            cache_path.write_text(json.dumps(cache, indent=1))
+        out[run_dir] = cache[key]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="finished Ultralytics QAT run directories")

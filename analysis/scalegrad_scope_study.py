@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis.detector_split_eval import evaluate_on_split  # noqa: E402
+from analysis.detector_split_eval import calib_maps  # noqa: E402
 from tables.paired import paired_difference  # noqa: E402
 
 ARMS = ("all", "low-bit")
@@ -33,17 +33,8 @@ def cell(run_dir: Path) -> tuple[str, int, int]:
     return c["model"], int(c["bits"]), int(c["seed"])
 
 
-def measure(runs: list[Path], cache: dict, cache_path: Path) -> dict[tuple, float]:
-    out = {}
-    for run_dir in runs:
-        if not (run_dir / "result.json").is_file():
-            raise SystemExit(f"error: {run_dir} is not a finished run (no result.json)")
-        key = str(run_dir.resolve())
-        if key not in cache:
-            cache[key] = evaluate_on_split(run_dir, "calib")
-            cache_path.write_text(json.dumps(cache, indent=1))
-        out[cell(run_dir)] = cache[key]
-    return out
+def measure(runs: list[Path], cache_path: Path) -> dict[tuple, float]:
+    return {cell(r): m for r, m in calib_maps(runs, cache_path).items()}
 
 
 def choose(by_arm: dict[str, dict]) -> tuple[str, object]:
@@ -80,9 +71,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, required=True, help="markdown report (its measurements: <out>.json)")
     a = p.parse_args(argv)
     cache_path = a.out.with_suffix(".json")
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    by_arm = {"all": measure(a.all, cache, cache_path), "low-bit": measure(a.low_bit, cache, cache_path)}
-    lsq = measure(a.lsq, cache, cache_path)
+    by_arm = {"all": measure(a.all, cache_path), "low-bit": measure(a.low_bit, cache_path)}
+    lsq = measure(a.lsq, cache_path)
     val = {arm: {cell(r): json.loads((r / "result.json").read_text())["map"] for r in runs}
            for arm, runs in (("all", a.all), ("low-bit", a.low_bit))}
     text = report(by_arm, lsq, val)

@@ -56,7 +56,8 @@ FIELD_TYPES = {"bits": bits_value, "first_last_bits": bits_value, "seed": non_ne
                "epochs": positive_int, "batch_size": positive_int,
                "train_subset": positive_int, "max_iterations": positive_int, "imgsz": positive_int,
                "log_every": positive_int, "fig1_iterations": non_negative_int, "workers": non_negative_int,
-               "lr": non_negative_float, "fraction": share, "adaround_iterations": positive_int}
+               "lr": non_negative_float, "step_update_bound": non_negative_float, "fraction": share,
+               "adaround_iterations": positive_int}
 FIELD_CHOICES = {"calib_split": ("train", "val"), "afw_loss": LOSS_REDUCTIONS, "afw_theta_init": THETA_INITS,
                  "afw_reg": REG_REDUCTIONS, "scalegrad_layers": SCALEGRAD_LAYERS}
 

@@ -30,6 +30,8 @@ RUN_HELP: dict[str, str] = {
     "bias_correction": "empirical bias correction after quantizer init (SPEC §8)",
     "epochs": "training epochs, a positive integer; default: the preset's QAT (or FP) epochs",
     "lr": "learning rate, >= 0; default: the preset's QAT (or FP) lr",
+    "step_update_bound": "QAT: bound b on one optimizer update of a step size, kept within a factor 1 + b of its "
+                         "value (qat/step_bound.py), >= 0; 0 = none; default: the preset's",
     "batch_size": "images per batch, a positive integer; default: the preset's",
     "train_subset": "classifiers, SSD / YOLOX: training images used, a positive integer; default: the preset's",
     "imgsz": "detectors: square input size in pixels, a positive integer; default: the preset's",

@@ -60,6 +60,7 @@ class RunConfig:
     train_subset: int | None = None      # classifiers, SSD / YOLOX: training images used
     imgsz: int | None = None             # detectors: square input size
     fraction: float | None = None        # Ultralytics: share of the training images used per QAT epoch
+    step_update_bound: float | None = None  # overrides the preset's bound on a step size's update (0 = none)
     weight_decay: float = 1e-5
     momentum: float = 0.9
     ead_fraction: float = 0.2            # EAD phase = last 20% of QAT epochs (paper 20 of 100)
@@ -89,6 +90,13 @@ class RunConfig:
 
     def preset_value(self, key):
         return self.presets[self.preset][key]
+
+    @property
+    def step_bound(self) -> float | None:
+        """The bound b on one optimizer update of a step size (qat/step_bound.py): --step-update-bound where
+        given (0 = none), else the preset's; None when there is none."""
+        b = self.step_update_bound if self.step_update_bound is not None else self.preset_value("step_update_bound")
+        return b or None
 
     @property
     def is_fp(self) -> bool:

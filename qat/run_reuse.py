@@ -9,12 +9,13 @@ the cell's directory, from which the table makers (tables/common.py) fill the ce
 The rule (`training_identity`): a run's `options` (W&B config; its recorded config.json is the same dict) minus
 the keys in IGNORED_KEYS (naming, output, resuming, hardware, logging, code version, and the Ultralytics
 trainer's derived `ultralytics_args`, which hold paths into the run's own directory), removed at every nesting
-level; integral floats count as ints (2000.0 = 2000). The preset's budgets (`preset_values`) count: a run
+level; a key set to None counts as unset (a key added later, at its None default, leaves earlier runs' identity
+as it was); integral floats count as ints (2000.0 = 2000). The preset's budgets (`preset_values`) count: a run
 trained with budgets since edited is another experiment. User-given paths (`data`, `fp_checkpoint`,
 `val_json`) stay in the identity: other weights or data are another experiment.
 Only what the run's recipe reads counts (`relevant_config`): of the method hyper-parameters those of its
 recipe and its parent's (recipes.method_keys), and an FP run has none of the QAT settings (bits, prologue,
-methods): an FP model trained for a W3 run is the one a W4 run trains.
+methods, nor the preset's step_update_bound): an FP model trained for a W3 run is the one a W4 run trains.
 The same identity ties a run directory to its configuration (qat/run_dir.py).
 """
 from __future__ import annotations
@@ -29,8 +30,8 @@ IGNORED_KEYS = frozenset({"table", "out", "resume", "device", "wandb", "workers"
 
 
 def _strip(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in IGNORED_KEYS}
+    if isinstance(value, dict):  # a key set to None is one never recorded (keys added later default to None)
+        return {k: _strip(v) for k, v in value.items() if k not in IGNORED_KEYS and v is not None}
     if isinstance(value, (list, tuple)):
         return [_strip(v) for v in value]
     if isinstance(value, float) and value.is_integer():
@@ -40,7 +41,7 @@ def _strip(value: Any) -> Any:
 
 # RunConfig fields an FP run never reads (the QAT run that trains a missing FP model passes its own values on).
 QAT_ONLY_KEYS = frozenset({"bits", "methods", "cle", "cle_relu6", "bias_correction", "quantize_first_last",
-                           "first_last_bits", "ead_fraction", "fig1_iterations"})
+                           "first_last_bits", "ead_fraction", "fig1_iterations", "step_update_bound"})
 
 
 def relevant_config(config: dict) -> dict:
@@ -50,7 +51,10 @@ def relevant_config(config: dict) -> dict:
     config = options_of(config)
     recipe = config.get("recipe")
     if recipe == "fp":
-        return {k: v for k, v in config.items() if k not in QAT_ONLY_KEYS}
+        fp = {k: v for k, v in config.items() if k not in QAT_ONLY_KEYS}
+        if isinstance(fp.get("preset_values"), dict):
+            fp["preset_values"] = {k: v for k, v in fp["preset_values"].items() if k not in QAT_ONLY_KEYS}
+        return fp
     if recipe in RECIPES and isinstance(config.get("methods"), dict):
         keys = method_keys(RECIPES[recipe])
         return dict(config, methods={k: v for k, v in config["methods"].items() if k in keys})
@@ -72,7 +76,7 @@ def identity_differences(config: dict, expected: dict) -> dict[str, tuple[Any, A
     """Dotted key → (value in `config`, value in `expected`) for every key of the training identity on which
     they differ."""
     ours, theirs = (_flat(json.loads(training_identity(c))) for c in (config, expected))
-    missing = "(unset)"
+    missing = None  # an unset key and a key set to None are one (module docstring)
     return {k: (ours.get(k, missing), theirs.get(k, missing)) for k in sorted(ours.keys() | theirs.keys())
             if ours.get(k, missing) != theirs.get(k, missing)}
 

@@ -55,12 +55,11 @@ from ..hooks import TrainState
 from ..loop import qat_step
 from ..logging.schema import epoch_lr, prologue_metrics, summary_values
 from ..modules import quant_layers, step_parameters
-from ..logging.fig1_traces import Fig1TraceHook
 from ..prepare.pipeline import float_prologue, quantize_prologue
-from ..recipes import get_recipe, make_hooks, make_post_steps
+from ..recipes import get_recipe, make_post_steps
 from ..run.wall_clock import WallClock
 from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, post_step_methods,
-                             open_run_logger, prologue_options, step_size_metrics, tau_epoch)
+                             open_run_logger, prologue_options, step_size_metrics, tau_epoch, training_hooks)
 from .coco_eval import coco_map, load_coco
 
 DETECTORS = ULTRALYTICS_DETECTORS
@@ -331,7 +330,7 @@ class QATDetectionTrainer(DetectionTrainer):
         total = self.epochs * batches
         self.tau_epoch = tau_epoch(self.epochs, run.ead_fraction)
         tau = self.tau_epoch * batches
-        self.hooks = make_hooks(get_recipe(run.recipe), run.bits, tau, run.methods) + [Fig1TraceHook(run.fig1_iterations)]
+        self.hooks = training_hooks(run, tau)
         self.post_steps = make_post_steps(get_recipe(run.recipe), self.methods)
         self.state = TrainState(model=model, total_iterations=total)
         for h in self.hooks:

@@ -61,8 +61,8 @@ RUNNING_METRICS = ("train/loss_running",)
 PROLOGUE_METRICS = ("prologue/fp_metric", "prologue/fp_metric_folded", "prologue/init_metric")
 COMMON_METRICS = EPOCH_METRICS + VAL_METRICS + RUNNING_METRICS + PROLOGUE_METRICS
 # Prefixes of keys that depend on the model's layers, the recipe or the prologue's options.
-FAMILIES = ("steps/", "osc/", "freeze/", "ead/", "damp/", "ema/", "afw/", "adaround/", "qc/", "step_only/",
-            "fig1/", "fig1c/", "prologue/", "quantize/")
+FAMILIES = ("steps/", "step_bound/", "osc/", "freeze/", "ead/", "damp/", "ema/", "afw/", "adaround/", "qc/",
+            "step_only/", "fig1/", "fig1c/", "prologue/", "quantize/")
 TASK_METRICS = {
     "classification": ("train/top1", "val/loss"),
     "detection": ("val/map50", "time/val_s", "train/box_loss", "train/cls_loss", "train/dfl_loss"),

@@ -10,6 +10,8 @@ of the same model):
 - `tau_epoch`: the epoch where the EAD phase starts;
 - `fp_weights`: the FP model a QAT run quantizes: --fp-checkpoint, else the task's cached FP model, trained
   first by an FP run when missing, refused when its preset budgets changed;
+- `training_hooks`: a QAT run's training hooks: the step-update bound where the preset or --step-update-bound sets
+  one, its recipe's, the Fig. 1 traces;
 - `post_step_methods`: post-step budgets left unset take the preset's; `prologue_options`: the prologue's.
 """
 from __future__ import annotations
@@ -19,7 +21,9 @@ from pathlib import Path
 
 from ..config import BUDGET_OVERRIDES, FP_TABLE, check_fp_budgets
 from ..prepare.pipeline import PrologueOptions
-from ..recipes import MethodConfig, get_recipe
+from ..hooks import TrainingHook
+from ..logging.fig1_traces import Fig1TraceHook
+from ..recipes import MethodConfig, get_recipe, make_hooks
 from ..run_dir import check_parent
 
 # A run directory's checkpoints (every task): the last epoch's (dropped when the run finishes), the one at τ
@@ -52,6 +56,14 @@ def tau_epoch(epochs: int, ead_fraction: float) -> int:
     = 2) still has one EAD epoch."""
     tau = round((1 - ead_fraction) * epochs)
     return min(tau, epochs - 1) if epochs > 1 and ead_fraction > 0 else tau
+
+
+def training_hooks(cfg, tau: int) -> list[TrainingHook]:
+    """The training hooks of the QAT run `cfg` (τ in iterations). The step-update bound comes first: it bounds
+    the optimizer's update only, not EAD's EMA of the step sizes or what any later hook writes."""
+    from ..step_bound import StepUpdateBound
+    bound = [StepUpdateBound(cfg.step_bound)] if cfg.step_bound else []
+    return bound + make_hooks(get_recipe(cfg.recipe), cfg.bits, tau, cfg.methods) + [Fig1TraceHook(cfg.fig1_iterations)]
 
 
 def start_point(cfg, train, barrier=lambda: None, announce=print) -> Start:

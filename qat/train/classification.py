@@ -24,15 +24,15 @@ from ..config import RunConfig, fp_cache_path, writes_fp_cache
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..freeze import without_layer_statistics
 from ..hooks import TrainState
-from ..logging.fig1_traces import Fig1TraceHook
 from ..logging.schema import epoch_lr, prologue_metrics, summary_values
 from ..loop import qat_step
 from ..models import build_model
 from ..modules import step_parameters
 from ..prepare.pipeline import PrologueOptions, float_prologue, quantize_prologue
-from ..recipes import get_recipe, make_hooks, make_post_steps
+from ..recipes import get_recipe, make_post_steps
 from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, fp_weights, post_step_methods,
-                             open_run_logger, prologue_options, start_point, step_size_metrics, tau_epoch)
+                             open_run_logger, prologue_options, start_point, step_size_metrics, tau_epoch,
+                             training_hooks)
 from ..run.wall_clock import WallClock
 from ..run_dir import claim, finished_result
 from . import checkpoint as ckpt
@@ -324,7 +324,7 @@ class Trainer:
         iters_per_epoch = len(self.train_data)
         total_iterations = epochs * iters_per_epoch
         tau = tau_epoch * iters_per_epoch
-        hooks = [] if c.is_fp else make_hooks(recipe, c.bits, tau, c.methods) + [Fig1TraceHook(c.fig1_iterations)]
+        hooks = [] if c.is_fp else training_hooks(c, tau)
         optimizer, scheduler = self.make_optimizer(model, epochs)
         state = TrainState(model=model, total_iterations=total_iterations)
         for h in hooks:
