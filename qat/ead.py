@@ -42,26 +42,26 @@ class EADHook(TrainingHook):
         return state.iteration + 1 > self.tau
 
     def _tensors(self, model):
-        weights = [layer.weight for _, layer in low_bit_layers(model, self.max_bits)]
+        """The low-bit layers (the owners of the weights EAD blends) and every step size."""
+        layers = [layer for _, layer in low_bit_layers(model, self.max_bits)]
         steps = [q.step for _, layer in quant_layers(model) for q in (layer.weight_quant, layer.input_quant)]
-        return weights, steps
+        return layers, steps
 
     @torch.no_grad()
     def before_optimizer_step(self, state: TrainState) -> None:
         if not self._active(state):
             self._previous = None
             return
-        weights, steps = self._tensors(state.model)
-        self._previous = [t.detach().clone() for t in weights + steps]
+        layers, steps = self._tensors(state.model)
+        self._previous = [t.detach().clone() for t in [layer.weight for layer in layers] + steps]
 
     @torch.no_grad()
     def after_optimizer_step(self, state: TrainState) -> None:
         if self._previous is None:
             return
         t = state.iteration + 1
-        weights, steps = self._tensors(state.model)
-        prev_w, prev_s = self._previous[:len(weights)], self._previous[len(weights):]
-        layers = [layer for _, layer in low_bit_layers(state.model, self.max_bits)]  # the owners of `weights`
+        layers, steps = self._tensors(state.model)
+        prev_w, prev_s = self._previous[:len(layers)], self._previous[len(layers):]
         optimizer_codes = [layer.weight_quant.effective_codes(layer.weight) for layer in layers]
         for layer, w_prev in zip(layers, prev_w):
             w = layer.weight
