@@ -45,6 +45,8 @@ def test_killed_run_resumes_to_the_same_result(recipe, smoke_env, tmp_path):
     if recipe == "fp":  # an FP run writes the cached FP model: not the one the other tests share
         smoke_env = {**smoke_env, "QAT_CHECKPOINTS": str(tmp_path / "checkpoints")}
         args += ["--train-subset", "512"]  # 2 epochs of 16 iterations: enough to be killed after the first
+    else:  # the step-update bound's count is hook state a resume must restore (qat/step_bound.py)
+        args += ["--step-update-bound", "0.05"]
     reference = tmp_path / "reference"
     run_train(args + ["--out", str(reference)], smoke_env)
 
@@ -61,6 +63,8 @@ def test_killed_run_resumes_to_the_same_result(recipe, smoke_env, tmp_path):
 
     a, b = json.loads((reference / "result.json").read_text()), json.loads((killed / "result.json").read_text())
     assert a["top1"] == b["top1"]
+    if recipe != "fp":
+        assert a["step_bound/updates_bounded"] == b["step_bound/updates_bounded"]
     for k, v in _final_state(reference)["model"].items():
         if isinstance(v, torch.Tensor):
             torch.testing.assert_close(_final_state(killed)["model"][k], v, rtol=0, atol=0)
