@@ -158,6 +158,21 @@ def claim_notes(runs: dict, table: str, model: str, label: str, key: str, bits: 
     return notes
 
 
+def step_bound_notes(runs: dict, table: str, models: list[tuple[str, str]], recipes: list[tuple[str, str]],
+                     bits: list[int]) -> list[str]:
+    """Did the step-update bound act (qat/step_bound.py, DEVIATIONS 2b)? Optimizer updates of a step size it cut,
+    per run, for each (model, label) and bit width where runs logged it (presets with a bound)."""
+    notes = []
+    for model, label in models:
+        for b in bits:
+            cells = [f"{name} {fmt(vals, 0)}" for recipe, name in recipes
+                     if (vals := seed_values(runs, table, model, recipe, b, "step_bound/updates_bounded"))]
+            if cells:
+                notes.append(f"Step-size updates cut by the step-update bound (DEVIATIONS 2b), {label} W{b}A{b}, "
+                             f"per run: " + "; ".join(cells))
+    return notes
+
+
 def fmt(values: list[float], digits: int = 2) -> str:
     if not values:
         return MISSING

@@ -1,7 +1,7 @@
 """Table II: our method against QAT baselines (LSQ, PerChannel, Damp, RedYolo; plus Nagel's iterative Freeze,
 which the paper does not report) on four detectors and four classifiers, W4A4 and W3A3."""
 from common import (OURS_NOTE, claim_notes, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values,
-                    table_preset, write_outputs)
+                    step_bound_notes, table_preset, write_outputs)
 
 TABLE = "table2"
 BITS = [4, 3]
@@ -41,6 +41,7 @@ def main(argv=None):
     if args.with_paper:
         notes.append("Rows with Source 'paper': the paper's Table II (ImageNet-1k top-1 / COCO mAP; "
                      "tables/paper_results.yaml); empty where the paper has no number.")
+    notes += step_bound_notes(runs, TABLE, [(model, label) for _, model, label, _ in MODELS], METHODS, BITS)
     notes.append("Paired differences over seeds (Ours − baseline), mean [95 % interval], and the verdict against the "
                  "paper's direction (tables/paired.py):")
     for _, model, label, key in MODELS:

@@ -1,6 +1,6 @@
 """Table V: ablation of ScaleGrad, EAD, AFW (AdaRound in place of AFW) on YOLOv8-n, YOLOv9-t, MobileNetV2."""
 from common import (OURS_NOTE, claim_notes, fmt, fp_values, load_runs, paper_cell, parse_args, reuse_notes, seed_values,
-                    table_preset, write_outputs)
+                    step_bound_notes, table_preset, write_outputs)
 
 TABLE = "table5"
 MODELS = [("yolov8n", "YOLOv8-n (mAP)", "map"), ("yolov9t", "YOLOv9-t (mAP)", "map"),
@@ -83,6 +83,8 @@ def main(argv=None):
              "not ImageNet / COCO."]
     notes += oscillation_notes(runs)
     notes += phase_notes(runs)
+    notes += step_bound_notes(runs, TABLE, [(m, label.split(" (")[0]) for m, label, _ in MODELS],
+                              [(recipe, LABELS[recipe]) for recipe, *_ in ROWS], [4, 3])
     notes.append("Paired differences over seeds (row − the row above it), mean [95 % interval], and the verdict "
                  "against the paper's direction (tables/paired.py):")
     for model, label, key in MODELS:

@@ -32,7 +32,7 @@ FINISHED = {
     ("table1", "yolov8n", "lsq", 4, 1): {"map": 22.41, "fp_map": 25.5, "map50": 41.0},
     ("table1", "mobilenetv2", "lsq", 4, 0): {"top1": 85.12, "fp_top1": 88.0, "top1_trained": 85.0},
     ("table1", "mobilenetv2", "lsq-freeze-weights", 4, 0): {"top1": 84.3, "fp_top1": 88.0},
-    ("table2", "yolox_tiny", "lsq", 4, 0): {"map": 11.0, "fp_map": 14.2},
+    ("table2", "yolox_tiny", "lsq", 4, 0): {"map": 11.0, "fp_map": 14.2, "step_bound/updates_bounded": 3},
     ("table2", "mobilenetv1", "scalegrad", 3, 0): {"top1": 79.0, "fp_top1": 87.0},
     ("table2", "mobilenetv1", "scalegrad+ead+afw", 3, 0): {"top1": 80.1, "fp_top1": 87.0},
     ("table2", "mobilenetv1", "scalegrad+ead+afw", 3, 1): {"top1": 81.4, "fp_top1": 87.2},
@@ -166,6 +166,8 @@ def test_table2(runs, tmp_path):
         ["37.3", "33.1", "31.3", "35.2", ""]
     assert rows[("MobileNeXt-x1.4", "paper")]["RedYolo 3a3w"] == "72.3"
     assert "BN folded" in t["md"] and "Fashion-MNIST" in t["md"] and "FMNIST-Det" in t["md"]
+    bound_notes = [line for line in t["md"].splitlines() if "cut by the step-update bound" in line]
+    assert len(bound_notes) == 1 and bound_notes[0].endswith("YOLOX-T W4A4, per run: LSQ 3 (n=1)")  # logged only there
 
     plain = make_table(2, runs, tmp_path / "plain")
     assert {r[2] for r in plain["rows"]} == {"ours"} and len(plain["rows"]) == len(make_table2.MODELS)
