@@ -26,9 +26,10 @@ class StepUpdateBound(TrainingHook):
         self.factor = 1.0 + bound
         self.steps: list[torch.Tensor] = []
         self._before: list[torch.Tensor] = []
+        self._stepped = False     # an optimizer update was seen in this process
         self._bounded = None      # element updates cut so far (a device tensor: no host sync per iteration)
         self._largest = None      # the largest factor an optimizer update asked for, max(s'/s, s/s')
-        self.resumed = {"bounded": 0, "largest": 1.0}  # what the run counted before a resume
+        self.resumed = None       # what the run (or its parent) counted before this process: a checkpoint's
 
     def on_train_start(self, state: TrainState) -> None:
         self.steps = step_parameters(state.model)
@@ -45,17 +46,21 @@ class StepUpdateBound(TrainingHook):
             self._bounded += ((s < low) | (s > high)).sum()
             self._largest = torch.maximum(self._largest, torch.maximum(s / before, before / s).max())
             torch.clamp_(s, min=low, max=high)
-        self._before = []
+        self._before, self._stepped = [], True
 
     def epoch_metrics(self, state: TrainState) -> dict:
+        """Nothing where no update was seen (a branch that goes straight to its post steps trains nothing)."""
+        if self.resumed is None and not self._stepped:
+            return {}
         counts = self.state_dict()
         return {"step_bound/updates_bounded": counts["bounded"], "step_bound/largest_update_factor": counts["largest"]}
 
     def state_dict(self) -> dict:
+        before = self.resumed or {"bounded": 0, "largest": 1.0}
         if self._bounded is None:
-            return dict(self.resumed)
-        return {"bounded": self.resumed["bounded"] + int(self._bounded),
-                "largest": max(self.resumed["largest"], float(self._largest))}
+            return dict(before)
+        return {"bounded": before["bounded"] + int(self._bounded),
+                "largest": max(before["largest"], float(self._largest))}
 
     def load_state_dict(self, state: dict) -> None:
         self.resumed = {"bounded": int(state.get("bounded", 0)), "largest": float(state.get("largest", 1.0))}

@@ -97,6 +97,14 @@ def test_a_run_takes_the_presets_bound_unless_the_option_sets_one_and_zero_means
         StepUpdateBound(0.0)
 
 
+def test_a_hook_that_saw_no_update_logs_nothing():
+    hook = StepUpdateBound(0.1)
+    hook.on_train_start(TrainState(_quantized()))
+    assert hook.epoch_metrics(None) == {}  # e.g. AdaRound's branch, which goes straight to its post step
+    hook.load_state_dict({"bounded": 7, "largest": 3.0})  # ... unless its parent's count was restored
+    assert hook.epoch_metrics(None) == {"step_bound/updates_bounded": 7, "step_bound/largest_update_factor": 3.0}
+
+
 def test_the_count_survives_a_resume():
     model = _quantized()
     before = min(float(s.detach().min()) for s in step_parameters(model))
