@@ -79,6 +79,14 @@ def calib_maps(runs: list[Path], cache_path: Path) -> dict[Path, float]:
     return out
 
 
+def write_report(path: Path, text: str) -> int:
+    """Write a calib study's markdown report to `path` and print it; the exit status 0."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(text)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="finished Ultralytics QAT run directories")

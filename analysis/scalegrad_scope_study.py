@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis.detector_split_eval import calib_maps  # noqa: E402
+from analysis.detector_split_eval import calib_maps, write_report  # noqa: E402
 from tables.paired import paired_difference  # noqa: E402
 
 ARMS = ("all", "low-bit")
@@ -75,11 +75,7 @@ def main(argv=None) -> int:
     lsq = measure(a.lsq, cache_path)
     val = {arm: {cell(r): json.loads((r / "result.json").read_text())["map"] for r in runs}
            for arm, runs in (("all", a.all), ("low-bit", a.low_bit))}
-    text = report(by_arm, lsq, val)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
-    print(text)
-    return 0
+    return write_report(a.out, report(by_arm, lsq, val))
 
 
 if __name__ == "__main__":

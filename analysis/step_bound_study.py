@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis.detector_split_eval import calib_maps  # noqa: E402
+from analysis.detector_split_eval import calib_maps, write_report  # noqa: E402
 from analysis.step_ratio import largest_ratio  # noqa: E402
 from tables.paired import paired_difference  # noqa: E402
 
@@ -95,11 +95,7 @@ def main(argv=None) -> int:
     runs = {"none": {cell(r): r for r in a.none}, "bounded": {cell(r): r for r in a.bounded}}
     maps = calib_maps(a.none + a.bounded, a.out.with_suffix(".json"))
     by_arm = {arm: {c: maps[r] for c, r in runs[arm].items()} for arm in ARMS}
-    text = report(by_arm, runs, bounds.pop())
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
-    print(text)
-    return 0
+    return write_report(a.out, report(by_arm, runs, bounds.pop()))
 
 
 if __name__ == "__main__":
