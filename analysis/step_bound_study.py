@@ -9,9 +9,9 @@ bound cut an update (the run's `step_bound/updates_bounded`) and the largest fin
 of the same arm and cell (analysis/step_ratio.py; a trapped step ends 16-68× LSQ's). The choice, computed here:
 the bound when its mean paired calibration mAP over every pair is higher, else none (the paper's training).
 
-    python analysis/step_bound_study.py --none runs/proxy/table5/yolov8n/lsq/w*/s* \
-        runs/proxy/table2/yolov8n/{damp,freeze}/w*/s* --bounded runs/proxy/bound_study/yolov8n/*/w*/s* \
-        --out docs/step_bound_study.md
+    python analysis/step_bound_study.py --none runs/proxy/table5_unbounded/yolov8n/lsq/w*/s* \
+        runs/proxy/table2_unbounded/yolov8n/{damp,freeze}/w*/s* --bounded runs/proxy/table5/yolov8n/lsq/w*/s* \
+        runs/proxy/table2/yolov8n/{damp,freeze}/w*/s* --out docs/step_bound_study.md
 
 Each run's calibration mAP is kept in `<out>.json` as it is measured: a killed study resumes.
 """
