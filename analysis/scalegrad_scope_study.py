@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis.detector_split_eval import calib_maps, write_report  # noqa: E402
-from tables.paired import paired_difference  # noqa: E402
+from tables.paired import paired_difference, paired_differences_by  # noqa: E402
 
 ARMS = ("all", "low-bit")
 
@@ -55,10 +55,8 @@ def report(by_arm: dict[str, dict], lsq: dict, val: dict[str, dict]) -> str:
         lines.append(f"| {c[0]} | W{c[1]}A{c[1]} | {c[2]} | {ref} | {a:.2f} | {b:.2f} | {b - a:+.2f} "
                      f"| {val['all'].get(c, float('nan')):.2f} / {val['low-bit'].get(c, float('nan')):.2f} |")
     lines += ["", f"Paired difference low-bit − all on the calib split, every pair: **{diff.describe()}**."]
-    for bits in sorted({c[1] for c in cells}):
-        d = paired_difference({c: v for c, v in by_arm["all"].items() if c[1] == bits},
-                              {c: v for c, v in by_arm["low-bit"].items() if c[1] == bits})
-        lines.append(f"W{bits}A{bits}: {d.describe()}.")
+    by_group = paired_differences_by(by_arm["all"], by_arm["low-bit"], group=1)  # per bit width
+    lines += [f"W{bits}A{bits}: {d.describe()}." for bits, d in by_group.items()]
     lines += ["", f"Choice (higher mean calibration mAP; ties: SPEC's \"all\"): **scalegrad_layers = {choice}**."]
     return "\n".join(lines) + "\n"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from analysis.detector_split_eval import calib_maps, write_report  # noqa: E402
 from analysis.step_ratio import largest_ratio  # noqa: E402
-from tables.paired import paired_difference  # noqa: E402
+from tables.paired import paired_difference, paired_differences_by  # noqa: E402
 
 ARMS = ("none", "bounded")
 
@@ -72,10 +72,8 @@ def report(by_arm: dict[str, dict], runs: dict[str, dict[tuple, Path]], bound: f
                      f"| {result['none'][c]['map']:.2f} / {result['bounded'][c]['map']:.2f} | {cut} "
                      f"| {ratios['none'][c]} / {ratios['bounded'][c]} |")
     lines += ["", f"Paired difference bounded − none on the calib split, every pair: **{diff.describe()}**."]
-    for recipe in sorted({c[1] for c in cells}):
-        d = paired_difference({c: v for c, v in by_arm["none"].items() if c[1] == recipe},
-                              {c: v for c, v in by_arm["bounded"].items() if c[1] == recipe})
-        lines.append(f"{recipe}: {d.describe()}.")
+    by_group = paired_differences_by(by_arm["none"], by_arm["bounded"], group=1)  # per recipe
+    lines += [f"{recipe}: {d.describe()}." for recipe, d in by_group.items()]
     lines += ["", f"Choice (higher mean calibration mAP; ties: none, the paper's training): "
                   f"**step_update_bound = {bound if choice == 'bounded' else None}**."]
     return "\n".join(lines) + "\n"

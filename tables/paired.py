@@ -60,3 +60,11 @@ def paired_difference(baseline: dict[int, float], method: dict[int, float]) -> P
         return PairedDifference(1, mean, math.nan, math.nan)
     half = t_quantile_975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return PairedDifference(len(diffs), mean, mean - half, mean + half)
+
+
+def paired_differences_by(baseline: dict[tuple, float], method: dict[tuple, float],
+                          group: int) -> dict[object, PairedDifference | None]:
+    """`paired_difference` within each value of the cell keys' element `group` (e.g. per bit width or recipe)."""
+    return {g: paired_difference({c: v for c, v in baseline.items() if c[group] == g},
+                                 {c: v for c, v in method.items() if c[group] == g})
+            for g in sorted({c[group] for c in baseline.keys() & method.keys()})}

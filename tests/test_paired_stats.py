@@ -14,7 +14,7 @@ from helpers import REPO
 
 sys.path.insert(0, str(REPO / "tables"))
 from common import claim_notes  # noqa: E402
-from paired import PairedDifference, paired_difference, t_quantile_975  # noqa: E402
+from paired import PairedDifference, paired_difference, paired_differences_by, t_quantile_975  # noqa: E402
 
 
 def test_t_quantiles():
@@ -66,3 +66,11 @@ def test_claim_notes_from_runs_against_the_paper():
                           {s: v.summary["top1"] for s, v in enumerate(list(runs.values())[1:10:2])})
     assert notes[0] == (f"MobileNetV2 W3A3, ScaleGrad − LSQ: {d.describe()}; paper +2.0 → reproduced")
     assert notes[1].endswith("(n=1); paper +0.3 → too few seeds")
+
+
+def test_paired_differences_by_a_key_element_pair_within_each_group_only():
+    base = {("damp", 0): 1.0, ("damp", 1): 2.0, ("lsq", 0): 5.0, ("lsq", 1): 5.0, ("freeze", 0): 3.0}
+    method = {("damp", 0): 2.0, ("damp", 1): 4.0, ("lsq", 0): 4.0, ("lsq", 1): 4.0}
+    by_recipe = paired_differences_by(base, method, group=0)
+    assert list(by_recipe) == ["damp", "lsq"]  # freeze has no pair
+    assert by_recipe["damp"].mean == 1.5 and by_recipe["lsq"].mean == -1.0 and by_recipe["lsq"].n == 2

@@ -52,7 +52,7 @@ def test_an_update_beyond_the_bound_is_cut_to_a_factor_one_plus_b_and_counted():
     model = _quantized()
     before = [s.detach().clone() for s in step_parameters(model)]
     bound = StepUpdateBound(0.1)
-    _step_with_gradient(model, [bound], grad=min(float(b.min()) for b in before) * 0.9)  # cuts every step ≥ 90 %
+    _step_with_gradient(model, [bound], grad=min(float(b.min()) for b in before) * 0.9)  # cuts each step by 45–90 %
     for s, b in zip(step_parameters(model), before):
         torch.testing.assert_close(s.detach(), b / 1.1)
     n = sum(b.numel() for b in before)
