@@ -9,7 +9,7 @@ reference. The choice, computed here: the arm with the higher mean paired calibr
 SPEC's "all"), with its 95 % interval and the per-bits means beside it.
 
     python analysis/scalegrad_scope_study.py --all runs/proxy/table5_every_layer/yolov8n/scalegrad/w*/s* \
-        --low-bit runs/proxy/scope_study/yolov8n/scalegrad/w*/s* --lsq runs/proxy/table5/yolov8n/lsq/w*/s* \
+        --low-bit runs/proxy/scope_study/yolov8n/scalegrad/w*/s* --lsq runs/proxy/table5_unbounded/yolov8n/lsq/w*/s* \
         --out docs/scalegrad_scope_study.md
 
 Each run's calibration mAP is kept in `<out>.json` as it is measured: a killed study resumes.

@@ -54,6 +54,16 @@ def test_calib_maps_are_kept_as_measured_and_not_measured_again(tmp_path, monkey
         split_eval.calib_maps([tmp_path / "c"], cache)
 
 
+def test_calib_maps_are_keyed_by_the_path_under_the_runs_root(tmp_path, monkeypatch):
+    # A committed cache must read the same on a machine whose runs root lies elsewhere.
+    monkeypatch.setattr(split_eval, "evaluate_on_split", lambda run, split: 12.5)
+    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
+    inside, outside = _run(tmp_path / "runs" / "proxy" / "t" / "s0"), _run(tmp_path / "elsewhere")
+    cache = tmp_path / "study.json"
+    split_eval.calib_maps([inside, outside], cache)
+    assert sorted(json.loads(cache.read_text())) == sorted(["proxy/t/s0", str(outside.resolve())])
+
+
 def test_the_bound_study_refuses_mixed_arms(tmp_path):
     none, bounded = _run(tmp_path / "none"), _run(tmp_path / "b1", 0.1)
     other = _run(tmp_path / "b2", 0.2)
