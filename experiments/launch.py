@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from qat.cli import OneLineErrorParser, device_option, positive_int
 from qat.config import FP_TABLE, fp_cache_path, fp_run_dir, run_name, runs_root
 from qat.presets import PRESET_NAMES
-from qat.recipes import RECIPES
+from qat.recipes import RECIPES, canonical_recipe
 from qat.run_dir import WAIT_ENV, locked_by_other, run_finished
 
 from .child_processes import run_child, stop_children_on_signals
@@ -176,16 +176,16 @@ def main(argv=None) -> int:
             cfg = dict(cfg, bits=parse_bits(args.bits, cfg["bits"]))
         models = args.models.split(",") if args.models else None
         check_names("model in --models / MODELS", models or [], known_models())
-        check_names("recipe in --recipes / RECIPES", args.recipes.split(",") if args.recipes else [], cfg["recipes"])
+        recipes = [canonical_recipe(r) for r in args.recipes.split(",")] if args.recipes else None
+        check_names("recipe in --recipes / RECIPES", recipes or [], cfg["recipes"])
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.jobs is None:
         args.jobs = default_jobs(args.device)
     runs = plan(cfg, seeds, args.preset, models)
-    if args.recipes:
-        wanted = set(args.recipes.split(","))
-        runs = [r for r in runs if r.recipe in wanted]
+    if recipes:
+        runs = [r for r in runs if r.recipe in recipes]
     extra = list(cfg.get("extra_args", {}).get(args.preset, [])) + extra
     try:  # every run's configuration as its CLI resolves it; a bad extra argument stops here
         expected = {r: run_config(r, args.preset, args.device, extra) for r in runs}

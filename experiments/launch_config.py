@@ -54,7 +54,7 @@ def _integer_list(path: Path, key: str, values, allowed: str, ok) -> None:
 
 def load_config(path: Path) -> dict:
     from qat.presets import PRESET_NAMES
-    from qat.recipes import RECIPES
+    from qat.recipes import RECIPES, canonical_recipe
     if not path.is_file():
         raise FileNotFoundError(f"experiment config not found: {path}")
     try:
@@ -78,6 +78,7 @@ def load_config(path: Path) -> dict:
             check_names(key[:-1], cfg[key], allowed)
         except ValueError as e:
             raise ValueError(f"{path}: {key}: {e}") from None
+    cfg["recipes"] = list(dict.fromkeys(canonical_recipe(r) for r in cfg["recipes"]))  # "ours" → its name
     _integer_list(path, "bits", cfg["bits"], "integers between 2 and 8", lambda b: 2 <= b <= 8)
     if "seeds" in cfg:
         _integer_list(path, "seeds", cfg["seeds"], "integers >= 0", lambda s: s >= 0)

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .presets import MODEL_QAT_LR, PRESETS
-from .recipes import MethodConfig
+from .recipes import MethodConfig, canonical_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,6 +73,7 @@ class RunConfig:
 
     def __post_init__(self):
         classifier = self.task == "classification"
+        self.recipe = canonical_recipe(self.recipe)
         if self.cle is None:
             self.cle = classifier
         if self.workers is None:

@@ -44,6 +44,12 @@ register_recipe(Recipe("scalegrad+ead+adaround", pulse_smooth=True, distance_awa
                        description="ScaleGrad+EAD, then AdaRound instead of AFW (Table V)"))
 
 
+def canonical_recipe(name: str) -> str:
+    """The registered name of a recipe given by an alias ("ours" → "scalegrad+ead+afw"), so a run's directory,
+    its reuse and the tables see one name; any other name unchanged."""
+    return RECIPES[name].name if name in RECIPES else name
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose from: {', '.join(sorted(RECIPES))}")

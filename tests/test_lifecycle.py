@@ -95,3 +95,22 @@ def test_one_config_class_and_one_cli_for_every_task(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --fraction applies to ultralytics")
+
+
+def test_a_recipe_alias_names_the_run_as_its_recipe(tmp_path, monkeypatch, capsys):
+    """`--recipe ours` is the run `scalegrad+ead+afw` (its directory, its reuse, the tables' cell), in the CLI, in a
+    launcher config and in RECIPES=..."""
+    from experiments import launch
+    from experiments.launch_config import load_config
+    from qat.cli import parse_config
+    cfg = parse_config(["--model", "mobilenetv2", "--recipe", "ours", "--bits", "3"])
+    assert cfg.recipe == "scalegrad+ead+afw" and cfg.run_dir.parts[-3:] == ("scalegrad+ead+afw", "w3a3", "s0")
+    assert get_recipe("ours") is get_recipe(cfg.recipe)
+    path = tmp_path / "config.yaml"
+    path.write_text("table: t\nmodels: [mobilenetv2]\nrecipes: [lsq, ours, scalegrad+ead+afw]\nbits: [3]\n")
+    assert load_config(path)["recipes"] == ["lsq", "scalegrad+ead+afw"]
+    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
+    assert launch.main([str(path), "--preset", "smoke", "--device", "cpu", "--recipes", "ours", "--dry-run"]) == 0
+    planned = [line.split("--recipe ")[1].split()[0] for line in capsys.readouterr().out.splitlines()
+               if "--recipe " in line and "--recipe fp" not in line]
+    assert planned == ["scalegrad+ead+afw"]
