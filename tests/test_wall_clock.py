@@ -44,3 +44,13 @@ def test_a_run_keeps_its_profile(tmp_path, smoke_env):
                           env=smoke_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert f"| {out} | {result['time/total_s']:.1f} |" in proc.stdout and "(no profile" in proc.stdout
+
+
+def test_an_fp_model_trained_first_counts_as_parent_not_prologue(tmp_path, smoke_env):
+    # Every task counts an FP model that a QAT run trains first as `parent` (Ultralytics' trainer does too).
+    env = dict(smoke_env, QAT_RUNS=str(tmp_path / "runs"), QAT_CHECKPOINTS=str(tmp_path / "empty-cache"))
+    out = tmp_path / "lsq"
+    run_train(["--recipe", "lsq", "--bits", "4", "--preset", "smoke", "--no-wandb", "--out", str(out)], env)
+    result = json.loads((out / "result.json").read_text())
+    fp = json.loads((tmp_path / "runs/smoke/fp/mobilenetv2/fp/s0/result.json").read_text())
+    assert result["time/parent_s"] >= fp["time/total_s"] > result["time/prologue_s"]

@@ -1,9 +1,9 @@
 """Where a run's wall time goes (issue 16's profile): exclusive seconds per phase, kept in the run's result.
 
 Phases: `startup` (process start to the trainer: interpreter, imports, argument parsing), `data` (data sets and
-calibration batches), `parent` (a branch's parent run trained first in this process), `prologue` (FP model, BN
-fold, CLE, quantizer insertion and calibration, bias correction; an FP model missing from the cache is trained
-inside it), `train` (training iterations; the first one, where
+calibration batches), `parent` (a branch's parent run, or an FP model missing from the cache, trained first in
+this process), `prologue` (FP model, BN fold, CLE, quantizer insertion and calibration, bias correction), `train`
+(training iterations; the first one, where
 Dynamo/Inductor compile the fused quantizer kernels, is also kept apart as `first_iteration`), `eval`, `checkpoint`
 (saving), `wandb` (opening, logging, closing the run), `post` (post steps: AFW, QC, AdaRound, step-only, less
 their evaluations). Phases nest: time in an inner phase (an evaluation inside a post step) counts only there, so

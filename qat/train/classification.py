@@ -410,8 +410,10 @@ class Trainer:
         return result
 
     def _train_other(self, cfg: RunConfig) -> dict:
-        """Train the parent or the FP run of this run's model (the same task)."""
-        return type(self)(cfg).run()
+        """Train the parent or the FP run of this run's model (the same task); its wall counts as `parent` here,
+        also when the FP run is trained inside the prologue."""
+        with self.clock.phase("parent"):
+            return type(self)(cfg).run()
 
     def train_epoch(self, train_model, optimizer, hooks, state: TrainState, epoch: int, epochs: int) -> dict:
         c, model = self.cfg, bare(train_model)
