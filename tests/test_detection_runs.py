@@ -28,7 +28,9 @@ def test_fp_then_ours_branching_from_scalegrad_with_afw_and_wandb(dirs):
                           table="t", bias_correction=False)
     result = run(cfg)
     # FP pretraining ran first and was cached; then the scalegrad parent up to τ; then ours from its τ checkpoint.
-    assert list((dirs / "checkpoints" / "fp").glob("yolov8n-det-smoke-*.pt"))
+    cached = list((dirs / "checkpoints" / "fp").glob("yolov8n-det-smoke-*.pt"))
+    fp_model = dirs / "runs" / "smoke" / "fp" / "yolov8n" / "fp" / "s0" / "fp.pt"  # the cache is the FP run's copy
+    assert len(cached) == 1 and cached[0].read_bytes() == fp_model.read_bytes()
     parent = dirs / "runs" / "smoke" / "t" / "yolov8n" / "scalegrad" / "w4a4" / "s0"
     assert (parent / "checkpoint_tau.pt").is_file() and (parent / "result.json").is_file()
     for key in ("map", "map50", "map_trained", "afw/metric", "afw/weights", "freeze/fraction_frozen"):
@@ -95,3 +97,22 @@ def test_a_cached_fp_detector_with_other_budgets_is_one_clear_error(dirs, capsys
     assert main(["--recipe", "lsq", "--preset", "smoke", "--data", str(ds.yaml), "--no-wandb"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was trained with fp_epochs=" in err[0], err
+
+
+def test_a_finished_fp_run_puts_a_deleted_cached_fp_detector_back(dirs, monkeypatch):
+    from qat.config import FP_TABLE, detector_fp_cache
+    from qat.detection import train as det_train
+    from qat.run_dir import claim
+    monkeypatch.setattr(det_train, "dataset_for", lambda c: ("data.yaml", None, "d1g3st00"))
+    fp = RunConfig(model="yolov8n", recipe="fp", preset="smoke", table=FP_TABLE, wandb=False)
+    with claim(fp.run_dir, fp.to_dict()):  # a finished FP run as this code leaves it
+        (fp.run_dir / det_train.FP_MODEL).write_bytes(b"the FP detector")
+        (fp.run_dir / "result.json").write_text(json.dumps({"map": 12.0}))
+    cache = detector_fp_cache("yolov8n", "smoke", "d1g3st00")
+    assert run(fp) == {"map": 12.0} and cache.read_bytes() == b"the FP detector"
+    cache.write_bytes(b"kept")  # a cache in place is left as it is
+    assert run(fp) == {"map": 12.0} and cache.read_bytes() == b"kept"
+    cache.unlink()
+    (fp.run_dir / det_train.FP_MODEL).unlink()  # a run of older code keeps no copy: one clear error
+    with pytest.raises(FileNotFoundError, match="delete that run directory"):
+        run(fp)

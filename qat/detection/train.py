@@ -5,7 +5,8 @@ or branched, the FP detector trained first when missing), and records its result
 A run is (detector, recipe, bits, seed, preset). The `smoke` and `proxy` presets train on FMNIST-Det
 (generated and cached on first use, see docs/FMNIST_DET.md); `paper` takes an Ultralytics COCO data
 yaml (`--data`), the COCO val annotations (`--val-json`) and a local FP checkpoint (`--fp-checkpoint`).
-The cached FP detector: checkpoints/fp/{detector}-det-{preset}-{data digest}.pt.
+The cached FP detector: checkpoints/fp/{detector}-det-{preset}-{data digest}.pt, a copy of the FP run's own
+`fp.pt` (so a finished FP run puts a deleted cache back).
 
 Run directory: runs/{preset}/{table}/{detector}/{recipe}/w{b}a{b}/s{seed} (FP: .../fp/s{seed}), holding
 the lifecycle's checkpoints, Ultralytics' files (results.csv), the W&B run, `config.json` + `.lock`
@@ -14,6 +15,7 @@ the lifecycle's checkpoints, Ultralytics' files (results.csv), the W&B run, `con
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -25,6 +27,9 @@ from ..run.lifecycle import CHECKPOINT, fp_weights, start_point
 from ..run.wall_clock import WallClock
 from ..run_dir import claim, finished_result
 from ..train import checkpoint
+
+FP_MODEL = "fp.pt"  # an FP run's trained model (FP32 EMA weights, yaml, nc, imgsz, its mAP, its preset budgets)
+
 
 def validate_config(c: RunConfig) -> None:
     if not c.is_fp:
@@ -67,10 +72,26 @@ def train_detector(cfg: RunConfig) -> dict:
         return _train(cfg)
 
 
+def copy_to_fp_cache(c: RunConfig, digest: str | None = None, replace: bool = True) -> None:
+    """The FP run that trains the preset's cached FP detector (`writes_fp_cache`) copies its model there when it
+    ends, and again, `replace=False`, when it finished earlier and the cache was deleted since."""
+    cache = detector_fp_cache(c.model, c.preset, digest or dataset_for(c)[2])
+    if cache.is_file() and not replace:
+        return
+    own = c.run_dir / FP_MODEL
+    if not own.is_file():
+        raise FileNotFoundError(f"the cached FP detector {cache} is missing and the finished FP run {c.run_dir} keeps "
+                                f"no {FP_MODEL} (older code): delete that run directory to train the FP model again")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(own, cache)
+
+
 def _train(c: RunConfig) -> dict:
     done = c.run_dir / "result.json"
     result = finished_result(c.run_dir)
     if result is not None:
+        if writes_fp_cache(c):
+            copy_to_fp_cache(c, replace=False)
         print(f"[qat] {c.run_name}: finished already ({done})", flush=True)
         return result
     clock = WallClock()  # where the run's wall time goes, kept in its result.json
@@ -92,7 +113,7 @@ def _train(c: RunConfig) -> dict:
     p = c.preset_value
     save_fp_to = None
     if c.is_fp:
-        save_fp_to = str(detector_fp_cache(c.model, c.preset, digest) if writes_fp_cache(c) else c.run_dir / "fp.pt")
+        save_fp_to = str(c.run_dir / FP_MODEL)
     epochs = c.epochs or p("fp_epochs" if c.is_fp else "qat_epochs")
     overrides = dict(model=ULTRALYTICS_DETECTORS[c.model], data=data_yaml, epochs=epochs, imgsz=c.imgsz or p("imgsz"),
                      batch=c.batch_size or p("batch_size"), lr0=c.training_lr, seed=c.seed, device=c.device,
@@ -115,6 +136,8 @@ def _train(c: RunConfig) -> dict:
               "preset": c.preset, "table": c.table, "epochs": epochs, **trainer.results,
               "wall_s": time.time() - t0, **clock.result()}
     c.run_dir.mkdir(parents=True, exist_ok=True)
+    if writes_fp_cache(c):
+        copy_to_fp_cache(c, digest)
     done.write_text(json.dumps(result, indent=1))
     checkpoint.drop_resume_checkpoint(c.run_dir / CHECKPOINT)
     return result
