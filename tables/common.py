@@ -138,10 +138,11 @@ def seed_map(runs: dict, table: str, model: str, recipe: str, bits: int, key: st
 
 
 def claim_notes(runs: dict, table: str, model: str, label: str, key: str, bits: int,
-                pairs: list[tuple[str, str, str, str]]) -> list[str]:
+                pairs: list[tuple[str, str, str, str]], claimed_sign: int = 1) -> list[str]:
     """One note per (baseline, method) pair: method − baseline over paired seeds with its 95 % interval, the
     paper's difference where it reports both, and the verdict against the paper's direction (tables/paired.py;
-    without paper numbers the claim is that the method is better). Pairs: (baseline, method, labels)."""
+    without paper numbers for this model, the direction the paper claims: `claimed_sign` +1 = the method better,
+    −1 = worse). Pairs: (baseline, method, labels)."""
     from paired import paired_difference
     notes = []
     for base, method, base_label, method_label in pairs:
@@ -151,9 +152,10 @@ def claim_notes(runs: dict, table: str, model: str, label: str, key: str, bits: 
             continue
         paper_base, paper_method = paper_value(table, model, base, bits), paper_value(table, model, method, bits)
         paper = None if paper_base is None or paper_method is None else paper_method - paper_base
-        sign = -1 if paper is not None and paper < 0 else 1
+        sign = claimed_sign if paper is None else -1 if paper < 0 else 1
+        claimed = "; paper: method better" if sign > 0 else "; paper: method worse"
         notes.append(f"{label} W{bits}A{bits}, {method_label} − {base_label}: {diff.describe()}"
-                     + (f"; paper {paper:+.1f}" if paper is not None else "; paper: method better")
+                     + (f"; paper {paper:+.1f}" if paper is not None else claimed)
                      + f" → {diff.verdict(sign)}")
     return notes
 

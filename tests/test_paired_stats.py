@@ -74,3 +74,16 @@ def test_paired_differences_by_a_key_element_pair_within_each_group_only():
     by_recipe = paired_differences_by(base, method, group=0)
     assert list(by_recipe) == ["damp", "lsq"]  # freeze has no pair
     assert by_recipe["damp"].mean == 1.5 and by_recipe["lsq"].mean == -1.0 and by_recipe["lsq"].n == 2
+
+
+def test_a_claimed_drop_without_paper_numbers_is_judged_as_a_drop():
+    # Table I's claim (frozen weights, steps trained: worse) on MobileNetV2, which the paper does not report.
+    runs = {}
+    for seed, (lsq, frozen) in enumerate([(84.0, 83.0), (84.5, 83.2), (83.8, 83.1)]):
+        runs[f"table1/mobilenetv2/lsq/w4a4/s{seed}"] = FakeRun({"top1": lsq})
+        runs[f"table1/mobilenetv2/lsq-freeze-weights/w4a4/s{seed}"] = FakeRun({"top1": frozen})
+    pair = [("lsq", "lsq-freeze-weights", "LSQ", "Freeze weight")]
+    drop = claim_notes(runs, "table1", "mobilenetv2", "MobileNetV2", "top1", 4, pair, claimed_sign=-1)
+    assert drop[0].endswith("; paper: method worse → reproduced")
+    rise = claim_notes(runs, "table1", "mobilenetv2", "MobileNetV2", "top1", 4, pair)
+    assert rise[0].endswith("; paper: method better → not reproduced")
