@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ..functional import STEP_EPS
 from ..prepare.channel_clip import ChannelClip
+from ..prepare.hooked_forward import hooked_eval_forward
 from ..modules import QuantConv2d, low_bit_layers
 from ..recipe_registry import Part
 
@@ -115,14 +116,7 @@ def following_activations(model: nn.Module, example_input: torch.Tensor, layers:
     for m in model.modules():
         if isinstance(m, ACTIVATIONS):
             hooks.append(m.register_forward_pre_hook(on_act_input))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    hooked_eval_forward(model, example_input, hooks)
     return found
 
 

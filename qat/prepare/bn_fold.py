@@ -11,6 +11,7 @@ from torch import nn
 
 from ..modules import set_submodule
 from .function_check import PrologueError, flat_output, rel_error, rounding_tol
+from .hooked_forward import hooked_eval_forward
 
 
 def _bn_replacement(bn: nn.Module) -> nn.Module:
@@ -40,14 +41,7 @@ def find_conv_bn_pairs(model: nn.Module, example_input: torch.Tensor) -> list[tu
                 lambda mod, inp, out, name=name: producer.__setitem__(id(out), (name, out, out._version))))
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
             hooks.append(m.register_forward_pre_hook(lambda mod, inp, name=name: pre_hook(mod, inp, name)))
-    was_training = model.training
-    model.eval()
-    try:
-        model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    hooked_eval_forward(model, example_input, hooks)
     return list(dict.fromkeys(pairs))
 
 
