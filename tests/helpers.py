@@ -7,6 +7,16 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")  # W&B's state folders
+
+
+def offline_wandb_state(mp, root: Path) -> None:
+    """W&B's state folders under `root` (set on the MonkeyPatch `mp`), RunLogger's default mode (offline: WANDB_MODE
+    unset) and no console output: how a test writes real offline W&B runs."""
+    for var in WANDB_ENV:
+        mp.setenv(var, str(root / var.lower()))
+    mp.delenv("WANDB_MODE", raising=False)
+    mp.setenv("WANDB_SILENT", "true")
 
 
 def tool_env(tmp: Path, **extra) -> dict:

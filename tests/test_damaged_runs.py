@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, tool_env
+from helpers import REPO, offline_wandb_state, tool_env
 
 pytest.importorskip("wandb")
 
@@ -18,7 +18,6 @@ from experiments.launch import RunSpec  # noqa: E402
 from qat.logging.run_reader import read_local_runs  # noqa: E402
 
 NAME = "table5/mobilenetv2/lsq/w4a4/s0"
-WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
 @pytest.fixture
@@ -29,10 +28,7 @@ def finished_run(tmp_path, monkeypatch):
     from qat.logging import RunLogger, run_tags
     runs = tmp_path / "runs"
     monkeypatch.setenv("QAT_RUNS", str(runs))
-    for var in WANDB_ENV:
-        monkeypatch.setenv(var, str(tmp_path / var.lower()))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+    offline_wandb_state(monkeypatch, tmp_path)
     run_dir = runs / "smoke" / NAME
     config = RunConfig(model="mobilenetv2", recipe="lsq", bits=4, preset="smoke", table="table5").to_dict()
     logger = RunLogger(run_dir, name=NAME, group="table5", tags=run_tags("mobilenetv2", "lsq", 4), config=config)

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO
+from helpers import REPO, offline_wandb_state
 
 pytest.importorskip("wandb")
 
@@ -37,7 +37,6 @@ from qat.logging.run_reader import REUSED_FROM_NAME, reused_source  # noqa: E402
 from qat.run_reuse import IGNORED_KEYS, training_identity  # noqa: E402
 
 PRESET = "smoke"
-WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 
 def cls_config(table, model, recipe, bits, seed, **changes) -> dict:
@@ -109,10 +108,7 @@ def run_dir(root: Path, table, model, recipe, bits, seed) -> Path:
 def runs_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("reuse_runs")
     with pytest.MonkeyPatch.context() as mp:
-        for var in WANDB_ENV:
-            mp.setenv(var, str(root / "state" / var.lower()))
-        mp.delenv("WANDB_MODE", raising=False)  # RunLogger's default: offline
-        mp.setenv("WANDB_SILENT", "true")
+        offline_wandb_state(mp, root / "state")
         from qat.logging import RunLogger, run_tags
 
         for (table, model, recipe, bits, seed), (config, summary, code) in RUNS.items():

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, tool_env
+from helpers import REPO, offline_wandb_state, tool_env
 
 pytest.importorskip("wandb")
-WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 PRESET = "smoke"
 
 # (table, model, recipe, bits, seed) → summary; "crashed" runs finish with exit code 1.
@@ -79,10 +78,7 @@ def fp_cell_values(table, model, key):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("table_runs")
     with pytest.MonkeyPatch.context() as mp:
-        for var in WANDB_ENV:
-            mp.setenv(var, str(root / "state" / var.lower()))
-        mp.delenv("WANDB_MODE", raising=False)  # RunLogger's default: offline
-        mp.setenv("WANDB_SILENT", "true")
+        offline_wandb_state(mp, root / "state")
         from qat.logging import RunLogger, run_tags
 
         for runs_, code in ((FINISHED, 0), (CRASHED, 1)):

@@ -25,10 +25,10 @@ from qat.logging import (
     run_tags,
 )
 
+from helpers import REPO, WANDB_ENV, offline_wandb_state  # noqa: E402
+
 pytest.importorskip("wandb")
 torch = pytest.importorskip("torch")
-REPO = Path(__file__).resolve().parents[1]
-WANDB_ENV = ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 FIN = run_name("table5", "mobilenetv2", "lsq", 4, 0)
 CRASH = run_name("table5", "mobilenetv2", "lsq", 4, 1)
@@ -60,11 +60,8 @@ KILLED_SCRIPT = textwrap.dedent("""
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("wandb_runs")
     with pytest.MonkeyPatch.context() as mp:
-        for var in WANDB_ENV:
-            mp.setenv(var, str(root / "state" / var.lower()))
+        offline_wandb_state(mp, root / "state")  # (RunLogger's default must be offline)
         mp.setenv("WANDB_DIR", str(root))
-        mp.delenv("WANDB_MODE", raising=False)  # RunLogger's default must be offline
-        mp.setenv("WANDB_SILENT", "true")
         mp.setenv("OMP_NUM_THREADS", "1")
 
         # 1. finished
