@@ -114,3 +114,17 @@ def test_a_recipe_alias_names_the_run_as_its_recipe(tmp_path, monkeypatch, capsy
     planned = [line.split("--recipe ")[1].split()[0] for line in capsys.readouterr().out.splitlines()
                if "--recipe " in line and "--recipe fp" not in line]
     assert planned == ["scalegrad+ead+afw"]
+
+
+def test_a_branch_starts_from_the_run_its_reused_parent_cell_points_to(dirs):
+    # Table I's branch of a cell the launcher reused from Table V: no second training of the parent.
+    from qat.logging.run_reader import REUSED_FROM_NAME
+    child = RunConfig(recipe="lsq-freeze-weights", preset="smoke", wandb=False, table="table1")
+    parent_cell = replace(child, recipe="lsq").run_dir
+    source = replace(child, recipe="lsq", table="table5").run_dir
+    source.mkdir(parents=True)
+    (source / lifecycle.TRAINED).write_bytes(b"")
+    parent_cell.mkdir(parents=True)
+    (parent_cell / REUSED_FROM_NAME).write_text('{"run": "table5/mobilenetv2/lsq/w4a4/s0"}\n')
+    start = lifecycle.start_point(child, lambda cfg: pytest.fail("the parent was trained again"))
+    assert (start.kind, start.path, start.trained) == ("branch", source / lifecycle.TRAINED, True)

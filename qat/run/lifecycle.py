@@ -23,6 +23,7 @@ from ..config import BUDGET_OVERRIDES, FP_TABLE, check_fp_budgets
 from ..prepare.pipeline import PrologueOptions
 from ..hooks import TrainingHook
 from ..logging.fig1_traces import Fig1TraceHook
+from ..logging.run_reader import reused_source
 from ..recipes import MethodConfig, get_recipe, make_hooks
 from ..run_dir import check_parent
 
@@ -86,9 +87,12 @@ def start_point(cfg, train, barrier=lambda: None, announce=print) -> Start:
     parent = replace(cfg, recipe=parent_recipe, out=None, resume=True)
     if cfg.out:  # keep ad-hoc output trees self-contained
         parent = replace(parent, out=str(Path(cfg.out).parent / parent_recipe.replace("/", "_")))
-    path = parent.run_dir / (TAU_CHECKPOINT if point == "tau" else TRAINED)
+    name = TAU_CHECKPOINT if point == "tau" else TRAINED
+    # A parent cell the launcher reused holds a pointer to the identical run, which holds the checkpoint.
+    parent_dir = parent.run_dir if (parent.run_dir / name).is_file() else reused_source(parent.run_dir) or parent.run_dir
+    path = parent_dir / name
     if path.is_file():  # (a parent run trained here checks its directory itself)
-        check_parent(parent.run_dir, parent.to_dict(), cfg.recipe, point)
+        check_parent(parent_dir, parent.to_dict(), cfg.recipe, point)
     else:
         announce(f"[qat] {cfg.recipe} branches from {parent_recipe} at {point}: running it first")
         train(parent)
