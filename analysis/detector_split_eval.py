@@ -63,38 +63,6 @@ def evaluate_on_split(run_dir: Path, split: str) -> float:
     return evaluate_on_splits(run_dir, [split])[split]
 
 
-def _cache_key(run_dir: Path) -> str:
-    from qat.config import runs_root
-    resolved, root = run_dir.resolve(), runs_root().resolve()
-    return resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)
-
-
-def calib_maps(runs: list[Path], cache_path: Path) -> dict[Path, float]:
-    """Run directory → calib mAP of each finished run, kept in the JSON file `cache_path` as each is measured, so
-    a killed study resumes where it stopped. Keyed by the run's path under the runs root (`$QAT_RUNS`, e.g.
-    `proxy/table5/yolov8n/lsq/w4a4/s0`), so a committed cache reads the same on every machine; a run elsewhere by
-    its resolved path."""
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    out = {}
-    for run_dir in runs:
-        if not (run_dir / "result.json").is_file():
-            raise SystemExit(f"error: {run_dir} is not a finished run (no result.json)")
-        key = _cache_key(run_dir)
-        if key not in cache:
-            cache[key] = evaluate_on_split(run_dir, "calib")
-            cache_path.write_text(json.dumps(cache, indent=1))
-        out[run_dir] = cache[key]
-    return out
-
-
-def write_report(path: Path, text: str) -> int:
-    """Write a calib study's markdown report to `path` and print it; the exit status 0."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(text)
-    return 0
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="finished Ultralytics QAT run directories")

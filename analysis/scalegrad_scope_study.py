@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis.detector_split_eval import calib_maps, write_report  # noqa: E402
+from analysis.calib_scores import calib_scores, write_report  # noqa: E402
 from tables.paired import paired_difference, paired_differences_by  # noqa: E402
 
 ARMS = ("all", "low-bit")
@@ -34,7 +34,7 @@ def cell(run_dir: Path) -> tuple[str, int, int]:
 
 
 def measure(runs: list[Path], cache_path: Path) -> dict[tuple, float]:
-    return {cell(r): m for r, m in calib_maps(runs, cache_path).items()}
+    return {cell(r): m for r, m in calib_scores(runs, cache_path).items()}
 
 
 def choose(by_arm: dict[str, dict]) -> tuple[str, object]:

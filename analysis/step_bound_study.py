@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from analysis.detector_split_eval import calib_maps, write_report  # noqa: E402
+from analysis.calib_scores import calib_scores, write_report  # noqa: E402
 from analysis.step_ratio import largest_ratio  # noqa: E402
 from tables.paired import paired_difference, paired_differences_by  # noqa: E402
 
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     if any(bound_of(r) is not None for r in a.none):
         raise SystemExit("error: a run of the 'none' arm trained with a bound")
     runs = {"none": {cell(r): r for r in a.none}, "bounded": {cell(r): r for r in a.bounded}}
-    maps = calib_maps(a.none + a.bounded, a.out.with_suffix(".json"))
+    maps = calib_scores(a.none + a.bounded, a.out.with_suffix(".json"))
     by_arm = {arm: {c: maps[r] for c, r in runs[arm].items()} for arm in ARMS}
     return write_report(a.out, report(by_arm, runs, bounds.pop()))
 

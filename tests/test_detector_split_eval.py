@@ -1,6 +1,5 @@
-"""analysis/detector_split_eval.py rebuilds a finished detector run's final model and scores it as the run did (and
-keeps each run's calib mAP so a study resumes); analysis/scalegrad_scope_study.py's and step_bound_study.py's
-choices follow the mean paired calibration mAP."""
+"""analysis/detector_split_eval.py rebuilds a finished detector run's final model and scores it as the run did;
+analysis/scalegrad_scope_study.py's and step_bound_study.py's choices follow the mean paired calibration mAP."""
 import json
 import sys
 
@@ -9,7 +8,6 @@ import pytest
 from helpers import REPO
 
 sys.path.insert(0, str(REPO))
-import analysis.detector_split_eval as split_eval  # noqa: E402
 from analysis import step_bound_study  # noqa: E402
 from analysis.scalegrad_scope_study import choose  # noqa: E402
 
@@ -40,28 +38,6 @@ def _run(path, bound=None):
     (path / "config.json").write_text(json.dumps(config))
     (path / "result.json").write_text(json.dumps({"map": 30.0}))
     return path
-
-
-def test_calib_maps_are_kept_as_measured_and_not_measured_again(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(split_eval, "evaluate_on_split", lambda run, split: calls.append(run) or 12.5)
-    runs = [_run(tmp_path / "a"), _run(tmp_path / "b")]
-    cache = tmp_path / "study.json"
-    assert split_eval.calib_maps(runs, cache) == {runs[0]: 12.5, runs[1]: 12.5}
-    assert split_eval.calib_maps(runs, cache) == {runs[0]: 12.5, runs[1]: 12.5} and len(calls) == 2
-    (tmp_path / "c").mkdir()
-    with pytest.raises(SystemExit, match="not a finished run"):
-        split_eval.calib_maps([tmp_path / "c"], cache)
-
-
-def test_calib_maps_are_keyed_by_the_path_under_the_runs_root(tmp_path, monkeypatch):
-    # A committed cache must read the same on a machine whose runs root lies elsewhere.
-    monkeypatch.setattr(split_eval, "evaluate_on_split", lambda run, split: 12.5)
-    monkeypatch.setenv("QAT_RUNS", str(tmp_path / "runs"))
-    inside, outside = _run(tmp_path / "runs" / "proxy" / "t" / "s0"), _run(tmp_path / "elsewhere")
-    cache = tmp_path / "study.json"
-    split_eval.calib_maps([inside, outside], cache)
-    assert sorted(json.loads(cache.read_text())) == sorted(["proxy/t/s0", str(outside.resolve())])
 
 
 def test_the_bound_study_refuses_mixed_arms(tmp_path):
