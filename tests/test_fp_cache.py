@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from qat.config import RunConfig, check_fp_budgets, fp_cache_path, writes_fp_cache
-from qat.run.lifecycle import fp_config
+from qat.run.lifecycle import fp_config, keep_fp_cache
 from qat.presets import CLASSIFICATION as PRESETS
 from qat.train.classification import Trainer
 
@@ -75,3 +75,18 @@ def test_only_the_presets_fp_run_writes_the_cache():
     # the FP run a QAT run trains first when the cache is missing is the preset's, whatever the QAT run overrides
     qat = RunConfig(recipe="lsq", preset="smoke", seed=3, epochs=2, batch_size=8, lr=0.5, table="t", out="o")
     assert writes_fp_cache(fp_config(qat))
+
+
+def test_keep_fp_cache_writes_for_the_presets_fp_run_and_puts_back_only_a_deleted_cache(tmp_path):
+    fp, cache = RunConfig(recipe="fp", preset="smoke", table="fp"), tmp_path / "cache" / "fp.pt"
+    writes = []
+    write = lambda path: writes.append(path) or path.write_text("model")  # noqa: E731
+    keep_fp_cache(fp, lambda: cache, write)                          # the run ends: writes
+    keep_fp_cache(fp, lambda: cache, write, finished_earlier=True)   # met finished, cache there: nothing
+    cache.unlink()
+    keep_fp_cache(fp, lambda: cache, write, finished_earlier=True)   # met finished, cache deleted: put back
+    assert writes == [cache, cache] and cache.is_file()
+    where = []  # any other run: the cache's path is not even computed (a detector's needs its data set)
+    for other in (replace(fp, seed=1), RunConfig(recipe="lsq", preset="smoke")):
+        keep_fp_cache(other, lambda: where.append(1) or cache, write)
+    assert where == [] and len(writes) == 2

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..config import ULTRALYTICS_DETECTORS, RunConfig, detector_fp_cache, path_digest, writes_fp_cache
+from ..config import ULTRALYTICS_DETECTORS, RunConfig, detector_fp_cache, path_digest
 from ..recipes import get_recipe
-from ..run.lifecycle import CHECKPOINT, fp_weights, start_point
+from ..run.lifecycle import CHECKPOINT, fp_weights, keep_fp_cache, start_point
 from ..run.wall_clock import WallClock
 from ..run_dir import claim, finished_result
 from ..train import checkpoint
@@ -72,17 +72,12 @@ def train_detector(cfg: RunConfig) -> dict:
         return _train(cfg)
 
 
-def copy_to_fp_cache(c: RunConfig, digest: str | None = None, replace: bool = True) -> None:
-    """The FP run that trains the preset's cached FP detector (`writes_fp_cache`) copies its model there when it
-    ends, and again, `replace=False`, when it finished earlier and the cache was deleted since."""
-    cache = detector_fp_cache(c.model, c.preset, digest or dataset_for(c)[2])
-    if cache.is_file() and not replace:
-        return
+def copy_fp_model(c: RunConfig, cache: Path) -> None:
+    """Copy the FP run's own model (`FP_MODEL` in its run directory) to the cached FP detector's path."""
     own = c.run_dir / FP_MODEL
     if not own.is_file():
         raise FileNotFoundError(f"the cached FP detector {cache} is missing and the finished FP run {c.run_dir} keeps "
                                 f"no {FP_MODEL} (older code): delete that run directory to train the FP model again")
-    cache.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(own, cache)
 
 
@@ -90,8 +85,8 @@ def _train(c: RunConfig) -> dict:
     done = c.run_dir / "result.json"
     result = finished_result(c.run_dir)
     if result is not None:
-        if writes_fp_cache(c):
-            copy_to_fp_cache(c, replace=False)
+        keep_fp_cache(c, lambda: detector_fp_cache(c.model, c.preset, dataset_for(c)[2]),
+                      lambda cache: copy_fp_model(c, cache), finished_earlier=True)
         print(f"[qat] {c.run_name}: finished already ({done})", flush=True)
         return result
     clock = WallClock()  # where the run's wall time goes, kept in its result.json
@@ -136,8 +131,7 @@ def _train(c: RunConfig) -> dict:
               "preset": c.preset, "table": c.table, "epochs": epochs, **trainer.results,
               "wall_s": time.time() - t0, **clock.result()}
     c.run_dir.mkdir(parents=True, exist_ok=True)
-    if writes_fp_cache(c):
-        copy_to_fp_cache(c, digest)
+    keep_fp_cache(c, lambda: detector_fp_cache(c.model, c.preset, digest), lambda cache: copy_fp_model(c, cache))
     done.write_text(json.dumps(result, indent=1))
     checkpoint.drop_resume_checkpoint(c.run_dir / CHECKPOINT)
     return result

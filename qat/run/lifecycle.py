@@ -9,7 +9,8 @@ of the same model):
   at τ (`checkpoint_tau.pt`) or at the end (`trained.pt`); the parent is checked, or trained first;
 - `tau_epoch`: the epoch where the EAD phase starts;
 - `fp_weights`: the FP model a QAT run quantizes: --fp-checkpoint, else the task's cached FP model, trained
-  first by an FP run when missing, refused when its preset budgets changed;
+  first by an FP run when missing, refused when its preset budgets changed; `keep_fp_cache`: the FP run that
+  trains that cached model writes it there when it ends, and puts it back when met finished with it deleted;
 - `training_hooks`: a QAT run's training hooks: the step-update bound where the preset or --step-update-bound sets
   one, its recipe's, the Fig. 1 traces;
 - `post_step_methods`: post-step budgets left unset take the preset's; `prologue_options`: the prologue's.
@@ -19,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..config import BUDGET_OVERRIDES, FP_TABLE, check_fp_budgets
+from ..config import BUDGET_OVERRIDES, FP_TABLE, check_fp_budgets, writes_fp_cache
 from ..prepare.pipeline import PrologueOptions
 from ..hooks import TrainingHook
 from ..logging.fig1_traces import Fig1TraceHook
@@ -125,6 +126,19 @@ def fp_weights(cfg, cache: Path, recorded_budgets, train, barrier=lambda: None, 
     if not cfg.fp_checkpoint:
         check_fp_budgets(path, recorded_budgets(path), cfg.preset, cfg.presets[cfg.preset])
     return path
+
+
+def keep_fp_cache(cfg, cache_path, write, finished_earlier: bool = False) -> None:
+    """The FP run that trains its preset's cached FP model (`writes_fp_cache`) writes it there when it ends; met
+    `finished_earlier` with the cache deleted since, it puts it back (any other run: nothing). `cache_path()`: where
+    the task caches it (called for that run only); `write(path)`: the task's copy of the run's own final model."""
+    if not writes_fp_cache(cfg):
+        return
+    cache = Path(cache_path())
+    if finished_earlier and cache.is_file():
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    write(cache)
 
 
 def prologue_options(cfg) -> PrologueOptions:

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..config import RunConfig, fp_cache_path, writes_fp_cache
+from ..config import RunConfig, fp_cache_path
 from ..data.classification import fashion_mnist_data, imagenet_data
 from ..freeze import without_layer_statistics
 from ..hooks import TrainState
@@ -30,9 +30,9 @@ from ..models import build_model
 from ..modules import step_parameters
 from ..prepare.pipeline import PrologueOptions, float_prologue, quantize_prologue
 from ..recipes import get_recipe, make_post_steps
-from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, fp_weights, post_step_methods,
-                             open_run_logger, prologue_options, start_point, step_size_metrics, tau_epoch,
-                             training_hooks)
+from ..run.lifecycle import (CHECKPOINT, FINAL, TAU_CHECKPOINT, TRAINED, NonFiniteLoss, fp_weights, keep_fp_cache,
+                             post_step_methods, open_run_logger, prologue_options, start_point, step_size_metrics,
+                             tau_epoch, training_hooks)
 from ..run.wall_clock import WallClock
 from ..run_dir import claim, finished_result
 from . import checkpoint as ckpt
@@ -294,9 +294,10 @@ class Trainer:
         c = self.cfg
         done = finished_result(self.run_dir)
         if done is not None:
-            if writes_fp_cache(c) and is_main() and not self.fp_cache().is_file():  # the cached FP model was deleted
-                ckpt.save({"model": ckpt.load_model_weights(self.run_dir / FINAL), "config": c.to_dict(),
-                           self.metric: done[self.metric]}, self.fp_cache())
+            if is_main():
+                keep_fp_cache(c, self.fp_cache, lambda cache: ckpt.save(
+                    {"model": ckpt.load_model_weights(self.run_dir / FINAL), "config": c.to_dict(),
+                     self.metric: done[self.metric]}, cache), finished_earlier=True)
             _announce(f"[qat] {c.run_name}: finished already ({self.run_dir / 'result.json'})")
             barrier()
             return done
@@ -483,9 +484,9 @@ class Trainer:
             if post_steps:
                 result[k] = self.timed_evaluate(model)[k]
         result.setdefault(k, result[f"{k}_trained"])  # no post step: the trained model is the final one
-        if writes_fp_cache(c) and is_main():
-            self.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]}, self.fp_cache())
         if is_main():
+            keep_fp_cache(c, self.fp_cache,
+                          lambda cache: self.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]}, cache))
             self.save({"model": model.state_dict(), "result": result}, self.run_dir / FINAL)
             if self.logger is not None:
                 with self.clock.phase("wandb"):
