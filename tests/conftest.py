@@ -28,3 +28,12 @@ def dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("QAT_CHECKPOINTS", str(tmp_path / "checkpoints"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smoke_lsq_run(smoke_env, tmp_path_factory):
+    """A finished smoke LSQ W3A3 classifier run (read-only: tests that change a run train their own)."""
+    from helpers import run_train
+    run_dir = tmp_path_factory.mktemp("smoke_lsq") / "run"
+    run_train(["--preset", "smoke", "--no-wandb", "--recipe", "lsq", "--bits", "3", "--out", str(run_dir)], smoke_env)
+    return run_dir

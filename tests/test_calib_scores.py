@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REPO, run_train
+from helpers import REPO
 
 sys.path.insert(0, str(REPO))
 import analysis.calib_scores as calib  # noqa: E402
@@ -51,10 +51,8 @@ def test_a_run_without_a_headline_metric_is_refused(tmp_path):
         calib.calib_score(_run(tmp_path / "r", result={"loss": 1.0}))
 
 
-def test_a_classifier_is_scored_on_the_held_out_training_slice_not_the_test_set(smoke_env, tmp_path, monkeypatch):
-    run_dir = tmp_path / "run"
-    run_train(["--preset", "smoke", "--no-wandb", "--recipe", "lsq", "--bits", "4", "--out", str(run_dir)],
-              smoke_env)
+def test_a_classifier_is_scored_on_the_held_out_training_slice(smoke_env, smoke_lsq_run, monkeypatch):
+    run_dir = smoke_lsq_run
     monkeypatch.setenv("QAT_CHECKPOINTS", smoke_env["QAT_CHECKPOINTS"])
     from qat.data import fashion_mnist as fm
     from qat.data.classification import FMNIST_MEAN, FMNIST_STD, PAD
@@ -95,7 +93,7 @@ def test_the_damp_study_reports_each_weight_and_its_oscillation(tmp_path, monkey
     out = tmp_path / "study.md"
     assert damp_weight_study.main([*map(str, runs), "--lsq", *map(str, lsq), "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| 0 (LSQ) | 79.05 |" in text and "| 10 | 80.55 | +1.00 [+1.00, +1.00] (n=2) | 80.00 | 2.00 | 0.00 | 2.50 |" \
-        in text and "**damp_weight = 10**" in text
+    assert "| 0 (LSQ) | 79.05 |" in text and "**damp_weight = 10**" in text
+    assert "| 10 | 80.55 | +1.00 [+1.00, +1.00] (n=2) | 80.00 | 2.00 | 0.00 | 2.50 |" in text
     with pytest.raises(SystemExit, match="LSQ runs go after --lsq"):
         damp_weight_study.main([*map(str, runs + lsq), "--out", str(out)])

@@ -485,8 +485,8 @@ class Trainer:
                 result[k] = self.timed_evaluate(model)[k]
         result.setdefault(k, result[f"{k}_trained"])  # no post step: the trained model is the final one
         if is_main():
-            keep_fp_cache(c, self.fp_cache,
-                          lambda cache: self.save({"model": model.state_dict(), "config": c.to_dict(), k: result[k]}, cache))
+            fp_payload = {"model": model.state_dict(), "config": c.to_dict(), k: result[k]}
+            keep_fp_cache(c, self.fp_cache, lambda cache: self.save(fp_payload, cache))
             self.save({"model": model.state_dict(), "result": result}, self.run_dir / FINAL)
             if self.logger is not None:
                 with self.clock.phase("wandb"):
