@@ -2,11 +2,11 @@
 """Damp's loss weight λ_final (`--damp-weight`, SPEC §7) for a preset, chosen on the CALIBRATION split.
 
 Nagel et al.'s λ_final = 0.1 was set for their regime (ImageNet, ~10⁵ iterations, BN not folded). On the proxy the
-dampening gradient at 0.1 is ~1× the task gradient in depthwise layers but 0.02-0.07× in the wide pointwise ones
-(kernel_mean divides by C_in·k²), and the proxy's oscillation sits in the pointwise layers: Damp at 0.1 left late
-oscillation where LSQ's is. This study trains Damp at several λ on the same cells and picks one without looking at
-the test split. Runs are grouped by their recorded `methods.damp_weight` and paired by (model, bits, seed); LSQ runs
-of the same cells (`--lsq`, λ = 0) are shown for the oscillation and accuracy they start from.
+dampening gradient at 0.1 is ~0.85× the task gradient in depthwise layers but ~0.12× in the pointwise ones
+(kernel_mean divides by C_in·k·k; analysis/damp_gradient_ratio.py), and the proxy's oscillation sits mostly in the
+pointwise layers. This study trains Damp at several λ on the same cells and picks one without looking at the test
+split. Runs are grouped by their recorded `methods.damp_weight` and paired by (model, bits, seed); LSQ runs of the
+same cells (`--lsq`, λ = 0) are shown for the oscillation and accuracy they start from.
 
 For each λ: mean calibration top-1 (or mAP), its paired difference against λ = 0.1 (the reference's) with a 95 %
 interval, the test metric beside (not used), and the late oscillation (`osc/late_fraction`, depthwise and the rest
@@ -72,7 +72,7 @@ def report(arms: dict[float, dict[tuple, tuple[float, dict]]], metric: str) -> s
     cells = sorted(set.intersection(*(set(scores) for scores in by_weight.values())))
     lines = [f"Cells: {', '.join(f'{m} W{b}A{b} s{s}' for m, b, s in cells)}.", "",
              f"| λ_final | calib {metric} | − λ {REFERENCE} (95 % CI) | test {metric} (not used) "
-             "| late osc. % | depthwise % | other % |", "|---|---|---|---|---|---|---|"]
+             "| late osc. % | depthwise % | non-depthwise % |", "|---|---|---|---|---|---|---|"]
     for w in sorted(arms):
         runs = {c: arms[w][c] for c in cells if c in arms[w]}
         osc = [_mean(100 * r[k] for _, r in runs.values() if k in r) for k in OSC_KEYS]
