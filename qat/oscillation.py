@@ -16,11 +16,16 @@ from __future__ import annotations
 import torch
 
 
+COUNT_WIDEN_AT = torch.iinfo(torch.int16).max  # updates after which `count` is held as int32
+
+
 class OscillationTracker:
-    """Per-weight state, held in memory in the narrowest exact dtypes (10 bytes a tracked weight, 14 once
+    """Per-weight state, held in memory in the narrowest exact dtypes (8 bytes a tracked weight, 12 once
     freezing starts the code EMA): `previous` in the grid's integer dtype (`code_dtype`: int8 up to 8-bit
     signed codes), `last_direction` int8, `frequency` float32 (the m = 0.001 EMA needs float32's precision),
-    `count` int32, and `int_ema` float32, allocated only by `start_code_ema` (None before: no update touches it)."""
+    `count` int16 — one update adds at most 1, so it is widened to int32 before the update that could pass
+    int16's 32 767 (`COUNT_WIDEN_AT`; runs of fewer updates never pay for int32) — and `int_ema` float32,
+    allocated only by `start_code_ema` (None before: no update touches it)."""
 
     def __init__(self, momentum: float = 0.001):
         if not 0.0 < momentum <= 1.0:
@@ -72,10 +77,11 @@ class OscillationTracker:
             self.previous = w_int.to(code_dtype(qmin, qmax), copy=True)
             self.last_direction = torch.zeros_like(w_int, dtype=torch.int8)
             self.frequency = torch.zeros_like(w_int, dtype=torch.float32)
-            self.count = torch.zeros_like(w_int, dtype=torch.int32)
+            self.count = torch.zeros_like(w_int, dtype=torch.int16)
             return
         if w_int.shape != self.previous.shape:
             raise ValueError(f"tracker got shape {tuple(w_int.shape)}, expected {tuple(self.previous.shape)}")
+        self._widen_count()
         direction = torch.sign(w_int - self.previous).to(torch.int8)  # float codes: the difference in float
         oscillated = (direction != 0) & (direction == -self.last_direction)
         m = self.momentum
@@ -94,6 +100,7 @@ class OscillationTracker:
         fused path does not apply (before the first update, or no compiled kernels): then call `update`."""
         if self.previous is None:
             return False
+        self._widen_count()
         from . import kernels
         extra = () if frozen is None else (frozen.mask, frozen.codes)
         done = kernels.oscillation_update_(weight.detach(), step, qmin, qmax, self.momentum, self.previous,
@@ -101,6 +108,11 @@ class OscillationTracker:
         if done:
             self.updates += 1
         return done
+
+    def _widen_count(self) -> None:
+        """int16 `count` → int32 before an update could take it past int16's range (count ≤ updates)."""
+        if self.count.dtype == torch.int16 and self.updates >= COUNT_WIDEN_AT:
+            self.count = self.count.to(torch.int32)
 
     def state_dict(self) -> dict:
         # The state is already held in its narrowest exact dtypes (class docstring): checkpoints store it as is.

@@ -156,7 +156,7 @@ def test_no_recompilation_across_batch_sizes_and_layers():
 class FloatReference:
     """SPEC §4's tracker as first written: `previous` in float32, `count` int64, the code EMA kept from the first
     update and zeroed at `start_code_ema` (what the narrow tracker now allocates there). The yardstick of the
-    narrow in-memory state (int8 codes, int32 counts, the EMA only from freeze onset): every field bit for bit.
+    narrow in-memory state (int8 codes, int16 counts, the EMA only from freeze onset): every field bit for bit.
 
     The EMA of the codes is rounded as the path that computes it: the eager update's `mul_(1 − m).add_(c,
     alpha=m)` (one fused multiply-add), the kernel's `ema·(1 − m) + c·m` with both factors in float32 (three
@@ -195,7 +195,7 @@ def test_narrow_tracker_state_is_bit_identical_to_the_float_reference(per_channe
     4 and 8 bits (the 8-bit codes jump between −128 and 127, which an int8 difference would overflow), with
     frozen codes whose mask grows midway and the code EMA started midway: `previous`, `last_direction`,
     `frequency`, `count` and `int_ema` equal the float reference's exactly, and are held as int8, int8,
-    float32, int32 and (from its start on only) float32."""
+    float32, int16 and (from its start on only) float32."""
     from qat.freeze import FrozenCodes
     shape = (7, 5, 3, 3)  # 315 elements: kernels' vector loops end in a scalar tail
     for fused in (False, True):
@@ -226,7 +226,7 @@ def test_narrow_tracker_state_is_bit_identical_to_the_float_reference(per_channe
                 if not took_fused:
                     tracker.update(codes, qmin, qmax)
                 ref.update(codes)
-                assert tracker.previous.dtype == torch.int8 and tracker.count.dtype == torch.int32
+                assert tracker.previous.dtype == torch.int8 and tracker.count.dtype == torch.int16
                 assert torch.equal(tracker.previous.float(), ref.previous), (fused, bits, t)
                 assert torch.equal(tracker.last_direction, ref.last_direction), (fused, bits, t)
                 assert torch.equal(tracker.frequency, ref.frequency), (fused, bits, t)
@@ -340,3 +340,23 @@ def test_quant_conv_recomputes_its_input_and_gives_the_plain_gradients():
     want = [x.grad, conv.weight.grad, iq.step.grad, wq.step.grad]
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_int16_count_widens_before_it_could_overflow(fused, monkeypatch):
+    # count ≤ updates: held as int16 until an update could take a weight past 32 767 oscillations, then int32.
+    from qat.oscillation import COUNT_WIDEN_AT
+    monkeypatch.setenv("QAT_FUSED", "1" if fused else "0")
+    step = torch.tensor(0.1)
+    tracker = OscillationTracker(0.001)
+    up, down = torch.full((4, 4, 3, 3), 0.1), torch.full((4, 4, 3, 3), -0.1)
+    tracker.update(up / step, -8, 7)
+    tracker.update(down / step, -8, 7)                            # d < 0: the first direction
+    assert tracker.count.dtype == torch.int16
+    tracker.count.fill_(COUNT_WIDEN_AT - 1)                       # as if every update so far had oscillated
+    tracker.updates = COUNT_WIDEN_AT - 1
+    for w, expected in ((up, COUNT_WIDEN_AT), (down, COUNT_WIDEN_AT + 1)):
+        if not (fused and tracker.update_fused(w, step, -8, 7)):
+            tracker.update(w / step, -8, 7)
+        assert int(tracker.count.min()) == int(tracker.count.max()) == expected
+    assert tracker.count.dtype == torch.int32 and tracker.updates == COUNT_WIDEN_AT + 1
