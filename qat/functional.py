@@ -128,50 +128,69 @@ def lsq_fake_quant(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, gr
     return _LSQFakeQuant.apply(x, step, qmin, qmax, grad_scale, pulse_delta, dist_k)
 
 
-class _Recompute:
-    """What autograd keeps instead of a fake-quantized tensor: the recipe to rebuild it."""
-    __slots__ = ("x", "step", "qmin", "qmax", "version")
+class Recompute:
+    """What autograd keeps instead of a fake-quantized tensor: the recipe to rebuild it — `build()`, run without
+    autograd — and the tensors it reads, whose versions must not change before the backward rebuilds it."""
+    __slots__ = ("build", "inputs", "versions")
 
-    def __init__(self, x, step, qmin, qmax):
-        self.x, self.step, self.qmin, self.qmax = x, step, qmin, qmax
-        self.version = x._version
+    def __init__(self, build, *inputs: torch.Tensor):
+        self.build, self.inputs = build, inputs
+        self.versions = tuple(t._version for t in inputs)
 
     def rebuild(self) -> torch.Tensor:
-        if self.x._version != self.version:
-            raise RuntimeError("recompute_quantized_input: the quantizer's input was modified by an in-place "
-                               "operation after the forward; its quantized copy cannot be rebuilt")
+        if tuple(t._version for t in self.inputs) != self.versions:
+            raise RuntimeError("recompute: a quantizer's input was modified by an in-place operation after the "
+                               "forward; its quantized copy cannot be rebuilt")
         with torch.no_grad():
-            return _quantize(self.x, self.step, self.qmin, self.qmax, 1.0, None, None)[0]
+            return self.build()
+
+
+def fake_quant_value(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """`lsq_fake_quant`'s forward value s·clamp(round(x/s), qmin, qmax), computed as it computes it."""
+    return _quantize(x, step, qmin, qmax, 1.0, None, None)[0]
+
+
+def fake_quant_recipe(x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int) -> Recompute:
+    """The recipe of `lsq_fake_quant(x, step, qmin, qmax, ...)`'s value: (x, a copy of step), one fused pass."""
+    x, step = x.detach(), step.detach().clone()
+    return Recompute(lambda: fake_quant_value(x, step, qmin, qmax), x)
 
 
 @contextlib.contextmanager
-def recompute_quantized_input(x_hat: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int):
-    """Inside this block, autograd keeps `x_hat = lsq_fake_quant(x, step, qmin, qmax, ...)` as a recipe,
-    (x, a copy of step), not as values, and rebuilds it (one fused pass) when a backward needs it.
+def recompute_saved(*pairs: tuple[torch.Tensor, Recompute | None]):
+    """Inside this block, autograd keeps each fake-quantized tensor of `pairs` ((x̂, its Recompute); None: keep
+    x̂ itself) as its recipe, not as values, and rebuilds it (one fused pass) when a backward needs it.
 
-    Wrap the consumer of a quantized activation, e.g. `conv2d(x_hat, w_hat)`, which would otherwise
-    keep x_hat for its weight gradient: x itself is already kept (by the quantizer, and usually by
-    the ReLU before it), so the layer then keeps no activation-sized tensor beyond what FP training
-    keeps. Costs one extra forward pass of the quantizer in backward. No effect when x_hat is x (the
-    quantizer disabled or observing), without autograd, or inside other saved-tensor hooks
-    (activation checkpointing, offloading), which keep precedence.
+    Wrap the consumer of quantized tensors, e.g. `conv2d(x_hat, w_hat)`, which would otherwise keep x̂ for its
+    weight gradient and ŵ for its input gradient: x and w are already kept (by the quantizers, and an activation
+    usually by the ReLU before it), so the layer then keeps no activation- or weight-sized tensor beyond what FP
+    training keeps. Costs one extra quantizer forward per tensor in backward. No effect without autograd or
+    inside other saved-tensor hooks (activation checkpointing, offloading), which keep precedence; a quantizer
+    that passed its input through (disabled, observing) has no recipe (None).
     """
-    if (x_hat is x or not torch.is_grad_enabled() or not x_hat.requires_grad
-            or not torch._C._autograd._saved_tensors_hooks_is_enabled()
+    pairs = [(t, r) for t, r in pairs if r is not None and t.requires_grad]
+    if (not pairs or not torch.is_grad_enabled() or not torch._C._autograd._saved_tensors_hooks_is_enabled()
             or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None):
         yield
         return
-    recipe = _Recompute(x.detach(), step.detach().clone(), qmin, qmax)
-    target = weakref.ref(x_hat)  # autograd keeps the hooks with each saved tensor: no strong reference here
+    targets = [(weakref.ref(t), r) for t, r in pairs]  # autograd keeps the hooks: no strong reference here
 
     def pack(t):
-        return recipe if t is target() else t
+        for target, recipe in targets:
+            if t is target():
+                return recipe
+        return t
 
     def unpack(packed):
-        return packed.rebuild() if packed is recipe else packed
+        return packed.rebuild() if isinstance(packed, Recompute) else packed
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield
+
+
+def recompute_quantized_input(x_hat: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int):
+    """`recompute_saved` for one quantized activation `x_hat = lsq_fake_quant(x, step, qmin, qmax, ...)`."""
+    return recompute_saved((x_hat, fake_quant_recipe(x, step, qmin, qmax) if x_hat is not x else None))
 
 
 def lsq_grad_scale(elements_per_step: int, qmax: int) -> float:

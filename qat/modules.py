@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .functional import recompute_quantized_input
+from .functional import fake_quant_recipe, recompute_saved
 from .quantizer import ActQuantizer, WeightQuantizer
 
 
@@ -31,8 +31,10 @@ class QuantLayerMixin:
 class QuantConv2d(QuantLayerMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_hat, w_hat, q = self.input_quant(x), self.quantized_weight(), self.input_quant
-        # The conv would keep x̂ for its weight gradient on top of x: keep the recipe (x, s) instead.
-        with recompute_quantized_input(x_hat, x, q.step, q.qmin, q.qmax):
+        # The conv would keep x̂ for its weight gradient on top of x, and ŵ for its input gradient on top of w:
+        # keep their recipes instead.
+        x_recipe = fake_quant_recipe(x, q.step, q.qmin, q.qmax) if x_hat is not x else None
+        with recompute_saved((x_hat, x_recipe), (w_hat, self.weight_quant.recompute_recipe(self.weight))):
             return self._conv_forward(x_hat, w_hat, self.bias)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import int_grid, lsq_fake_quant, lsq_grad_scale
+from .functional import (STEP_EPS, Recompute, fake_quant_recipe, fake_quant_value, int_grid, lsq_fake_quant,
+                         lsq_grad_scale)
 
 
 class Quantizer(nn.Module):
@@ -89,6 +90,21 @@ class WeightQuantizer(Quantizer):
         """The codes the forward quantizes `weight` to: a frozen weight's frozen code, whatever its latent."""
         codes = self.codes(weight)
         return codes if self.frozen is None else self.frozen.codes_with_frozen(codes)
+
+    def recompute_recipe(self, weight: torch.Tensor) -> Recompute | None:
+        """How a backward rebuilds `forward(weight)`'s value (qat.functional.recompute_saved): the fake-quantized
+        weight, frozen weights at s·code (FrozenCodes.apply's value). None where forward passes the weight
+        through or AFW's offsets act."""
+        if not self.enabled or self.afw is not None:
+            return None
+        if self.frozen is None:
+            return fake_quant_recipe(weight, self.step, self.qmin, self.qmax)
+        w, step, (qmin, qmax) = weight.detach(), self.step.detach().clone(), (self.qmin, self.qmax)
+        mask, codes = self.frozen.mask, self.frozen.codes
+
+        def build():
+            return torch.where(mask, step.clamp_min(STEP_EPS) * codes, fake_quant_value(w, step, qmin, qmax))
+        return Recompute(build, w, mask, codes)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:

@@ -360,3 +360,42 @@ def test_the_int16_count_widens_before_it_could_overflow(fused, monkeypatch):
             tracker.update(w / step, -8, 7)
         assert int(tracker.count.min()) == int(tracker.count.max()) == expected
     assert tracker.count.dtype == torch.int32 and tracker.updates == COUNT_WIDEN_AT + 1
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_quantized_conv_rebuilds_both_quantized_tensors_and_its_gradients_are_unchanged(frozen):
+    # QuantConv2d keeps x and w (which it keeps anyway), not x̂ and ŵ: the backward rebuilds both from their
+    # recipes, frozen codes included, and every gradient equals that of the plain conv of the quantizers' outputs.
+    from torch import nn
+
+    from qat.freeze import FrozenCodes
+    from qat.modules import QuantConv2d, convert
+    gen = torch.Generator().manual_seed(0)
+    layer = convert(nn.Sequential(nn.Conv2d(6, 5, 3, padding=1)), 4, first_last_bits=4)[0]
+    assert isinstance(layer, QuantConv2d)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(5, 6, 3, 3, generator=gen) * 0.1)
+        layer.weight_quant.init_step(layer.weight)
+        layer.input_quant.step.fill_(0.2)
+    if frozen:
+        layer.weight_quant.frozen = FrozenCodes(layer.weight.detach())
+        layer.weight_quant.frozen.freeze(torch.rand(layer.weight.shape, generator=gen) < 0.3,
+                                         torch.randint(-8, 8, layer.weight.shape, generator=gen).float())
+    x0 = torch.randn(4, 6, 8, 8, generator=gen).relu()
+    upstream = torch.randn(4, 5, 8, 8, generator=gen)
+    grads = []
+    for rebuilt in (False, True):
+        layer.zero_grad()
+        x = x0.clone().requires_grad_()
+        if rebuilt:
+            with mock.patch.object(functional.Recompute, "rebuild", autospec=True,
+                                   side_effect=functional.Recompute.rebuild) as rebuild:
+                layer(x).backward(upstream)
+            assert rebuild.call_count == 2, "x̂ and ŵ are rebuilt, not kept"
+        else:
+            x_hat, w_hat = layer.input_quant(x), layer.weight_quant(layer.weight)
+            F.conv2d(x_hat, w_hat, layer.bias, 1, 1).backward(upstream)
+        grads.append([t.clone() for t in (x.grad, layer.weight.grad, layer.bias.grad, layer.weight_quant.step.grad,
+                                          layer.input_quant.step.grad)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
