@@ -242,40 +242,42 @@ def backward(grad_out: torch.Tensor, x: torch.Tensor, step: torch.Tensor, params
 # writes the weight-sized state in ~18 separate operations per layer and step; this kernel reads the
 # weight and the state once and writes the state back in place.
 
-def _oscillation_math(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask, frozen_codes):
+def _oscillation_math(w, step, p, code_direction, frequency, count, int_ema, frozen_mask, frozen_codes):
     w_int = torch.clamp(torch.round(w / step), p[0], p[1])  # WeightQuantizer.codes: no step clamp
     if frozen_mask is not None:
         w_int = torch.where(frozen_mask, frozen_codes, w_int)
     w_int = w_int.to(torch.float32)
-    # `previous` holds the codes in the grid's integer dtype (int8 for ≤ 8-bit signed grids): the difference is
-    # taken in float32, where every code is exact and nothing can overflow.
-    direction = torch.sign(w_int - previous.to(torch.float32)).to(torch.int8)
+    # `code_direction` holds 4·w_int(t−1) + (last direction + 1) in int8 (OscillationTracker): unpacked and
+    # repacked in float32, where every value is an exact small integer and nothing can overflow.
+    packed = code_direction.to(torch.float32)
+    previous = torch.floor(packed * 0.25)
+    last_direction = packed - 4 * previous - 1
+    direction = torch.sign(w_int - previous)
     oscillated = (direction != 0) & (direction == -last_direction)
     m, keep = p[2], p[3]  # momentum and 1 - momentum
     frequency.copy_(frequency * keep + oscillated.to(frequency.dtype) * m)
     count.add_(oscillated.to(count.dtype))
-    last_direction.copy_(torch.where(direction != 0, direction, last_direction))
     if int_ema is not None:  # allocated from freeze onset on (OscillationTracker.start_code_ema)
         int_ema.copy_(int_ema * keep + w_int.to(int_ema.dtype) * m)
-    previous.copy_(w_int.to(previous.dtype))
+    last_direction = torch.where(direction != 0, direction, last_direction)
+    code_direction.copy_((4 * w_int + last_direction + 1).to(code_direction.dtype))
 
 
 # One code object per variant (frozen codes or not, code EMA or not), each with its own Dynamo cache.
-def _oscillation_plain(w, step, p, previous, last_direction, frequency, count):
-    _oscillation_math(w, step, p, previous, last_direction, frequency, count, None, None, None)
+def _oscillation_plain(w, step, p, code_direction, frequency, count):
+    _oscillation_math(w, step, p, code_direction, frequency, count, None, None, None)
 
 
-def _oscillation_plain_ema(w, step, p, previous, last_direction, frequency, count, int_ema):
-    _oscillation_math(w, step, p, previous, last_direction, frequency, count, int_ema, None, None)
+def _oscillation_plain_ema(w, step, p, code_direction, frequency, count, int_ema):
+    _oscillation_math(w, step, p, code_direction, frequency, count, int_ema, None, None)
 
 
-def _oscillation_frozen(w, step, p, previous, last_direction, frequency, count, frozen_mask, frozen_codes):
-    _oscillation_math(w, step, p, previous, last_direction, frequency, count, None, frozen_mask, frozen_codes)
+def _oscillation_frozen(w, step, p, code_direction, frequency, count, frozen_mask, frozen_codes):
+    _oscillation_math(w, step, p, code_direction, frequency, count, None, frozen_mask, frozen_codes)
 
 
-def _oscillation_frozen_ema(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask,
-                            frozen_codes):
-    _oscillation_math(w, step, p, previous, last_direction, frequency, count, int_ema, frozen_mask, frozen_codes)
+def _oscillation_frozen_ema(w, step, p, code_direction, frequency, count, int_ema, frozen_mask, frozen_codes):
+    _oscillation_math(w, step, p, code_direction, frequency, count, int_ema, frozen_mask, frozen_codes)
 
 
 _OSCILLATION_VARIANTS = {
@@ -287,16 +289,17 @@ _OSCILLATION_VARIANTS = {
 
 
 def oscillation_update_(weight: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int, momentum: float,
-                        previous: torch.Tensor, last_direction: torch.Tensor, frequency: torch.Tensor,
-                        count: torch.Tensor, int_ema: torch.Tensor | None, frozen_mask: torch.Tensor | None = None,
+                        code_direction: torch.Tensor, frequency: torch.Tensor, count: torch.Tensor,
+                        int_ema: torch.Tensor | None, frozen_mask: torch.Tensor | None = None,
                         frozen_codes: torch.Tensor | None = None) -> bool:
     """`OscillationTracker.update(codes)` with codes = clamp(round(w/s), qmin, qmax) (frozen codes
-    substituted where `frozen_mask`), fused into one in-place kernel over the tracker's state. `int_ema`
-    None: no code EMA yet (before freeze onset), the kernel neither reads nor writes one.
+    substituted where `frozen_mask`), fused into one in-place kernel over the tracker's packed state
+    (`code_direction`: 4·code + direction + 1, ≤ 6-bit grids). `int_ema` None: no code EMA yet (before freeze
+    onset), the kernel neither reads nor writes one.
 
     Returns False, touching nothing, when the fused path does not apply (then run the eager update).
     """
-    state = (previous, last_direction, frequency, count) + (() if int_ema is None else (int_ema,))
+    state = (code_direction, frequency, count) + (() if int_ema is None else (int_ema,))
     extra = () if frozen_mask is None else (frozen_mask, frozen_codes)
     if not fused_enabled() or weight.dtype not in _FUSED_DTYPES:
         return False

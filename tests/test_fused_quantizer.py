@@ -192,15 +192,16 @@ class FloatReference:
 @pytest.mark.parametrize("per_channel", [False, True], ids=["per-tensor", "per-channel"])
 def test_narrow_tracker_state_is_bit_identical_to_the_float_reference(per_channel, frozen, monkeypatch):
     """Eager and fused updates, driven as `WeightQuantizer.forward` drives them, over random code sequences at
-    4 and 8 bits (the 8-bit codes jump between −128 and 127, which an int8 difference would overflow), with
-    frozen codes whose mask grows midway and the code EMA started midway: `previous`, `last_direction`,
-    `frequency`, `count` and `int_ema` equal the float reference's exactly, and are held as int8, int8,
-    float32, int16 and (from its start on only) float32."""
+    4, 6 and 8 bits (the 6-bit codes jump between −32 and 31, the packed layout's extremes; the 8-bit ones
+    between −128 and 127, which an int8 difference would overflow, in the wide layout, eager only), with frozen
+    codes whose mask grows midway and the code EMA started midway: `previous`, `last_direction`, `frequency`,
+    `count` and `int_ema` equal the float reference's exactly, and are held as int8 (packed in one byte up to
+    6 bits), int8, float32, int16 and (from its start on only) float32."""
     from qat.freeze import FrozenCodes
     shape = (7, 5, 3, 3)  # 315 elements: kernels' vector loops end in a scalar tail
     for fused in (False, True):
         monkeypatch.setenv("QAT_FUSED", "1" if fused else "0")
-        for bits, noise in ((4, 0.03), (8, 10.0)):
+        for bits, noise in ((4, 0.03), (6, 10.0), (8, 10.0)):
             gen = torch.Generator().manual_seed(bits)
             qmin, qmax = int_grid(bits, signed=True)
             w = torch.randn(shape, generator=gen) * 0.1
@@ -208,7 +209,7 @@ def test_narrow_tracker_state_is_bit_identical_to_the_float_reference(per_channe
             if per_channel:
                 step = step * torch.linspace(0.5, 1.5, shape[0]).view(-1, 1, 1, 1)
             freeze = FrozenCodes(w) if frozen else None
-            tracker, ref = OscillationTracker(0.01), FloatReference(0.01, kernel_rounding=fused)
+            tracker, ref = OscillationTracker(0.01), FloatReference(0.01, kernel_rounding=fused and bits <= 6)
             for t in range(40):
                 if frozen and t in (0, 20):  # the mask grows: new frozen codes anywhere in the grid
                     freeze.freeze(torch.rand(shape, generator=gen) < 0.15,
@@ -222,11 +223,12 @@ def test_narrow_tracker_state_is_bit_identical_to_the_float_reference(per_channe
                 if frozen:
                     codes = freeze.codes_with_frozen(codes)
                 took_fused = tracker.update_fused(wt, step, qmin, qmax, freeze)
-                assert took_fused == (fused and t > 0)
+                assert took_fused == (fused and t > 0 and bits <= 6)
                 if not took_fused:
                     tracker.update(codes, qmin, qmax)
                 ref.update(codes)
                 assert tracker.previous.dtype == torch.int8 and tracker.count.dtype == torch.int16
+                assert (tracker.code_direction is not None) == (bits <= 6)
                 assert torch.equal(tracker.previous.float(), ref.previous), (fused, bits, t)
                 assert torch.equal(tracker.last_direction, ref.last_direction), (fused, bits, t)
                 assert torch.equal(tracker.frequency, ref.frequency), (fused, bits, t)
@@ -234,15 +236,15 @@ def test_narrow_tracker_state_is_bit_identical_to_the_float_reference(per_channe
                 if t >= 25:
                     assert torch.equal(tracker.int_ema, ref.int_ema), (fused, bits, t)
             assert int(ref.count.sum()) > 0
-            if bits == 8:
+            if bits >= 6:
                 assert bool(((ref.previous == qmin) | (ref.previous == qmax)).float().mean() > 0.5)
             assert torch.equal(tracker.code_ema(), ref.int_ema / (1 - (1 - 0.01) ** 15))
 
 
 def test_oscillation_update_declines_when_off():
     w = torch.randn(4, 3)
-    state = [torch.zeros(4, 3, dtype=torch.int8), torch.zeros(4, 3, dtype=torch.int8), torch.zeros(4, 3),
-             torch.zeros(4, 3, dtype=torch.int32), torch.zeros(4, 3)]
+    state = [torch.zeros(4, 3, dtype=torch.int8), torch.zeros(4, 3), torch.zeros(4, 3, dtype=torch.int16),
+             torch.zeros(4, 3)]
     os.environ["QAT_FUSED"] = "0"
     assert not kernels.oscillation_update_(w, torch.tensor(0.1), -8, 7, 0.01, *state)
     assert all(not s.any() for s in state)

@@ -106,7 +106,8 @@ def test_checkpointed_tracker_continues_exactly_and_stores_narrow_integers(tmp_p
     path = tmp_path / "tracker.pt"
     torch.save(straight.state_dict(), path)
     stored = torch.load(path)
-    assert stored["previous"].dtype == torch.int8 and stored["count"].dtype == torch.int16
+    assert stored["code_direction"].dtype == torch.int8 and stored["count"].dtype == torch.int16
+    assert stored["stored_previous"] is None and stored["stored_last_direction"] is None  # one byte holds both
     assert (stored["int_ema"] is not None) == ema_started
     resumed = OscillationTracker()
     resumed.load_state_dict(stored)
