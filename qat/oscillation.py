@@ -25,6 +25,9 @@ def packs(qmin: int, qmax: int) -> bool:
     return PACKED_GRID[0] <= qmin and qmax <= PACKED_GRID[1]
 
 
+WIDE_FIELDS = {"previous": "stored_previous", "last_direction": "stored_last_direction"}  # older checkpoints
+
+
 class OscillationTracker:
     """Per-weight state, held in memory in the narrowest exact dtypes — 7 bytes a tracked weight on a ≤ 6-bit
     grid (11 once freezing starts the code EMA):
@@ -160,6 +163,9 @@ class OscillationTracker:
         return {k: getattr(self, k) for k in self.STATE}
 
     def load_state_dict(self, state: dict) -> None:
+        # A checkpoint written before the packed layout (previous / last_direction apart) resumes in the wide
+        # layout, exactly (the eager update then serves it).
+        state = {WIDE_FIELDS.get(k, k): v for k, v in state.items()}
         for k, v in state.items():
             if k not in self.STATE:
                 raise KeyError(f"oscillation tracker state has an unknown field {k!r} (a checkpoint of other code)")

@@ -192,3 +192,23 @@ def test_codes_are_held_in_the_grids_narrowest_integer_dtype():
             t.update(torch.tensor(codes, dtype=dtype), *grid)
         assert t.count.tolist() == [1, 0, 0] and t.last_direction.tolist() == [-1, 1, -1]
         assert torch.equal(first, torch.tensor([0, grid[0], grid[1]], dtype=dtype)), "the caller's codes untouched"
+
+
+def test_a_checkpoint_of_the_two_field_layout_resumes_exactly():
+    # Runs killed before the packed layout kept `previous` and `last_direction` apart: they resume from them.
+    torch.manual_seed(1)
+    sequence = [torch.randint(-4, 4, (64,)).float() for _ in range(6)]
+    packed = run(sequence[:3], momentum=0.1)
+    old = {k: v for k, v in packed.state_dict().items() if k not in ("code_direction", "stored_previous",
+                                                                     "stored_last_direction")}
+    old.update(previous=packed.previous.clone(), last_direction=packed.last_direction.clone())
+    resumed = OscillationTracker()
+    resumed.load_state_dict(old)
+    assert resumed.code_direction is None
+    for codes in sequence[3:]:
+        packed.update(codes, *GRID)
+        resumed.update(codes, *GRID)
+    for name in ("previous", "last_direction", "frequency", "count"):
+        assert torch.equal(getattr(resumed, name), getattr(packed, name)), name
+    with pytest.raises(KeyError, match="unknown field"):
+        OscillationTracker().load_state_dict({"prev": torch.zeros(1)})
