@@ -31,6 +31,8 @@ class QuantLayerMixin:
 class QuantConv2d(QuantLayerMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_hat, w_hat, q = self.input_quant(x), self.quantized_weight(), self.input_quant
+        if not torch.is_grad_enabled():  # nothing is saved (evaluation, export: its quantizers are markers)
+            return self._conv_forward(x_hat, w_hat, self.bias)
         # The conv would keep x̂ for its weight gradient on top of x, and ŵ for its input gradient on top of w:
         # keep their recipes instead.
         x_recipe = fake_quant_recipe(x, q.step, q.qmin, q.qmax) if x_hat is not x else None
