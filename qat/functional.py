@@ -188,11 +188,6 @@ def recompute_saved(*pairs: tuple[torch.Tensor, Recompute | None]):
         yield
 
 
-def recompute_quantized_input(x_hat: torch.Tensor, x: torch.Tensor, step: torch.Tensor, qmin: int, qmax: int):
-    """`recompute_saved` for one quantized activation `x_hat = lsq_fake_quant(x, step, qmin, qmax, ...)`."""
-    return recompute_saved((x_hat, fake_quant_recipe(x, step, qmin, qmax) if x_hat is not x else None))
-
-
 def lsq_grad_scale(elements_per_step: int, qmax: int) -> float:
     """LSQ gradient scale g = 1/sqrt(N·qmax) (SPEC §1)."""
     return (elements_per_step * qmax) ** -0.5

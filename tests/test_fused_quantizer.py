@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from qat import functional, kernels
-from qat.functional import int_grid, lsq_fake_quant, lsq_grad_scale, recompute_quantized_input
+from qat.functional import fake_quant_recipe, int_grid, lsq_fake_quant, lsq_grad_scale, recompute_saved
 from qat.oscillation import OscillationTracker
 
 pytestmark = pytest.mark.skipif(not torch._dynamo.is_dynamo_supported(), reason="torch.compile unsupported")
@@ -250,7 +250,7 @@ def test_oscillation_update_declines_when_off():
     assert all(not s.any() for s in state)
 
 
-def test_recompute_quantized_input_same_gradients_without_keeping_x_hat():
+def test_recompute_of_a_quantized_input_same_gradients_without_keeping_x_hat():
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(4, 6, 8, 8, generator=gen).relu()
     w0 = torch.randn(5, 6, 3, 3, generator=gen) * 0.1
@@ -263,7 +263,7 @@ def test_recompute_quantized_input_same_gradients_without_keeping_x_hat():
         w = w0.clone().requires_grad_()
         x_hat = lsq_fake_quant(x, step, qmin, qmax, 0.01, 0.1)
         if recompute:
-            with recompute_quantized_input(x_hat, x, step, qmin, qmax):
+            with recompute_saved((x_hat, fake_quant_recipe(x, step, qmin, qmax))):
                 out = F.conv2d(x_hat, w, None, 1, 1)
         else:
             out = F.conv2d(x_hat, w, None, 1, 1)
@@ -283,7 +283,7 @@ def test_recompute_detects_inplace_change_of_input():
     step = torch.tensor(0.1, requires_grad=True)
     w = torch.randn(2, 3, 1, 1, requires_grad=True)
     x_hat = lsq_fake_quant(y, step, 0, 15)
-    with recompute_quantized_input(x_hat, y, step, 0, 15):
+    with recompute_saved((x_hat, fake_quant_recipe(y, step, 0, 15))):
         out = F.conv2d(x_hat, w)
     with torch.no_grad():
         y.add_(1.0)
