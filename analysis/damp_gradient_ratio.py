@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 
 
-def layer_group(weight: torch.Tensor) -> str:
-    """depthwise (one input channel per filter), pointwise (1×1) or other (linear, full k×k convs)."""
-    if weight.dim() == 4 and weight.shape[1] == 1:
+def layer_group(layer) -> str:
+    """depthwise (qat.freeze.is_depthwise, as the oscillation statistics split them), pointwise (1×1 conv) or
+    other (linear, full k×k convs such as the stem)."""
+    from qat.freeze import is_depthwise
+    if is_depthwise(layer):
         return "depthwise"
-    if weight.dim() == 4 and weight.shape[2:] == (1, 1):
+    if layer.weight.dim() == 4 and layer.weight.shape[2:] == (1, 1):
         return "pointwise"
     return "other"
 
@@ -58,7 +60,7 @@ def gradient_ratios(run_dir: Path, checkpoint: str, batches: int = 4) -> list[tu
             g += layer.weight.grad / batches
     model.zero_grad()
     hook.loss(model).backward()
-    return [(names[id(layer)], layer_group(layer.weight), (layer.weight.grad.abs().mean() / g.abs().mean()).item())
+    return [(names[id(layer)], layer_group(layer), (layer.weight.grad.abs().mean() / g.abs().mean()).item())
             for g, layer in zip(task, layers)]
 
 

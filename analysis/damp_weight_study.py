@@ -2,7 +2,7 @@
 """Damp's loss weight λ_final (`--damp-weight`, SPEC §7) for a preset, chosen on the CALIBRATION split.
 
 Nagel et al.'s λ_final = 0.1 was set for their regime (ImageNet, ~10⁵ iterations, BN not folded). On the proxy the
-dampening gradient at 0.1 is ~0.85× the task gradient in depthwise layers but ~0.12× in the pointwise ones
+dampening gradient at 0.1 is ~0.87× the task gradient in depthwise layers but ~0.12× in the pointwise ones
 (kernel_mean divides by C_in·k·k; analysis/damp_gradient_ratio.py), and the proxy's oscillation sits mostly in the
 pointwise layers. This study trains Damp at several λ on the same cells and picks one without looking at the test
 split. Runs are grouped by their recorded `methods.damp_weight` and paired by (model, bits, seed); LSQ runs of the

@@ -12,9 +12,11 @@ from analysis import damp_gradient_ratio as ratio  # noqa: E402
 
 
 def test_layer_groups():
-    assert ratio.layer_group(torch.zeros(8, 1, 3, 3)) == "depthwise"
-    assert ratio.layer_group(torch.zeros(8, 16, 1, 1)) == "pointwise"
-    assert ratio.layer_group(torch.zeros(8, 16, 3, 3)) == "other" and ratio.layer_group(torch.zeros(10, 8)) == "other"
+    from torch import nn
+    assert ratio.layer_group(nn.Conv2d(8, 8, 3, groups=8)) == "depthwise"
+    assert ratio.layer_group(nn.Conv2d(16, 8, 1)) == "pointwise"
+    assert ratio.layer_group(nn.Conv2d(16, 8, 3)) == "other" and ratio.layer_group(nn.Linear(8, 10)) == "other"
+    assert ratio.layer_group(nn.Conv2d(1, 16, 3)) == "other"  # a one-channel stem is not depthwise
 
 
 def test_the_ratio_of_a_smoke_run_scales_with_lambda_and_favours_depthwise(smoke_env, smoke_lsq_run, monkeypatch):
